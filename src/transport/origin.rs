@@ -1,0 +1,342 @@
+//! [`Origin`]: the pool key.
+//!
+//! Two requests may share a connection only if their origins are equal, and
+//! equality covers everything that makes two connections not interchangeable:
+//! scheme, host, port, the TLS server name (SNI) and the identity of the TLS
+//! configuration (trust roots, client certificate). This is a security
+//! property: a connection verified for one name is never lent for another.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use http::Uri;
+
+use crate::Error;
+#[cfg(feature = "tls")]
+use crate::transport::tls::TlsConfig;
+
+/// The scheme of an origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plaintext (`http://`).
+    Http,
+    /// TLS (`https://`).
+    Https,
+}
+
+impl Scheme {
+    /// The scheme as written in a URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The port used when a URI names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// Where connections go, and everything that decides whether two of them are
+/// interchangeable. Cheap to clone (one reference count).
+///
+/// ```
+/// use edgepool::Origin;
+/// let o = Origin::parse("https://Example.com").unwrap();
+/// assert_eq!(o.host(), "example.com");
+/// assert_eq!(o.port(), 443);
+/// assert_eq!(o.to_string(), "https://example.com:443");
+/// assert!(Origin::parse("ftp://example.com").is_err());
+/// ```
+#[derive(Clone)]
+pub struct Origin {
+    inner: Arc<OriginInner>,
+}
+
+struct OriginInner {
+    scheme: Scheme,
+    /// Lower-cased; IPv6 literals keep their brackets, as in a URI.
+    host: Box<str>,
+    port: u16,
+    /// TLS server name when it differs from the host.
+    sni: Option<Box<str>>,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsConfig>,
+    /// `scheme://host:port`, made once: it is in every error and log line.
+    display: Box<str>,
+}
+
+impl Origin {
+    /// Parses an origin such as `https://example.com` or `http://127.0.0.1:8080`.
+    ///
+    /// Only `http` and `https` are accepted; the host must be present, the port
+    /// must not be 0, and there must be no user info, path, query or fragment.
+    pub fn parse(s: &str) -> Result<Origin, Error> {
+        let uri: Uri = s.parse().map_err(|_| invalid(s, "not a valid URI"))?;
+        if let Some(pq) = uri.path_and_query() {
+            if pq.as_str() != "/" && !pq.as_str().is_empty() {
+                return Err(invalid(s, "an origin has no path or query"));
+            }
+        }
+        Origin::from_uri(&uri)
+    }
+
+    /// Takes the origin of a request URI (its path and query are ignored).
+    ///
+    /// The URI must be absolute: scheme `http` or `https` and a host.
+    pub fn from_uri(uri: &Uri) -> Result<Origin, Error> {
+        let text = || uri.to_string();
+        let scheme = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+            Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+            Some(_) => return Err(invalid(&text(), "scheme must be http or https")),
+            None => return Err(invalid(&text(), "missing scheme (expected http:// or https://)")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| invalid(&text(), "missing host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid(&text(), "user info is not allowed in an origin"));
+        }
+        let host = authority.host();
+        if host.is_empty() || host == "[]" {
+            return Err(invalid(&text(), "missing host"));
+        }
+        let port = match authority.port_u16() {
+            Some(0) => return Err(invalid(&text(), "port 0 is not a valid port")),
+            Some(p) => p,
+            None if authority.as_str().ends_with(':') => {
+                return Err(invalid(&text(), "empty port"));
+            }
+            None => scheme.default_port(),
+        };
+        Ok(Origin::new(scheme, &host.to_ascii_lowercase(), port))
+    }
+
+    fn new(scheme: Scheme, host: &str, port: u16) -> Origin {
+        Origin {
+            inner: Arc::new(OriginInner {
+                scheme,
+                host: host.into(),
+                port,
+                sni: None,
+                #[cfg(feature = "tls")]
+                tls: None,
+                display: format!("{}://{}:{}", scheme.as_str(), host, port).into(),
+            }),
+        }
+    }
+
+    /// Returns this origin with a TLS server name other than the host (for
+    /// example when connecting to an IP address that serves a named
+    /// certificate). The name is part of the key: origins with different SNI
+    /// never share a connection.
+    pub fn with_sni(&self, name: &str) -> Result<Origin, Error> {
+        if name.is_empty() || name.contains(['/', ' ', '@']) {
+            return Err(Error::config("sni", name, "not a valid DNS name or IP address"));
+        }
+        Ok(self.rebuild(|inner| inner.sni = Some(name.to_ascii_lowercase().into())))
+    }
+
+    /// Returns this origin with its own TLS configuration (trust roots, client
+    /// identity). The configuration's identity is part of the key.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(&self, tls: TlsConfig) -> Origin {
+        self.rebuild(|inner| inner.tls = Some(tls))
+    }
+
+    fn rebuild(&self, change: impl FnOnce(&mut OriginInner)) -> Origin {
+        let mut inner = OriginInner {
+            scheme: self.inner.scheme,
+            host: self.inner.host.clone(),
+            port: self.inner.port,
+            sni: self.inner.sni.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.inner.tls.clone(),
+            display: self.inner.display.clone(),
+        };
+        change(&mut inner);
+        Origin {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.inner.scheme
+    }
+
+    /// The host, lower-cased (IPv6 literals in brackets, as in a URI).
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// The host as a socket address would take it (IPv6 without brackets).
+    pub fn connect_host(&self) -> &str {
+        let h = self.host();
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(h)
+    }
+
+    /// The port (the scheme's default when the URI named none).
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The TLS server name: the SNI override if set, else the host.
+    pub fn server_name(&self) -> &str {
+        self.inner.sni.as_deref().unwrap_or_else(|| self.connect_host())
+    }
+
+    /// The origin's own TLS configuration, if one was set with [`Origin::with_tls`].
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.inner.tls.as_ref()
+    }
+
+    /// `host` or `host:port` (port omitted when it is the scheme's default), as
+    /// an HTTP Host header or `:authority` carries it.
+    pub fn authority(&self) -> String {
+        if self.port() == self.scheme().default_port() {
+            self.host().to_string()
+        } else {
+            format!("{}:{}", self.host(), self.port())
+        }
+    }
+
+    fn tls_identity(&self) -> u64 {
+        #[cfg(feature = "tls")]
+        {
+            self.inner.tls.as_ref().map_or(0, TlsConfig::id)
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            0
+        }
+    }
+
+    fn key(&self) -> (Scheme, &str, u16, Option<&str>, u64) {
+        (
+            self.inner.scheme,
+            &self.inner.host,
+            self.inner.port,
+            self.inner.sni.as_deref(),
+            self.tls_identity(),
+        )
+    }
+}
+
+fn invalid(uri: &str, reason: &'static str) -> Error {
+    Error::InvalidOrigin {
+        uri: uri.to_string(),
+        reason,
+    }
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner) || self.key() == other.key()
+    }
+}
+
+impl Eq for Origin {}
+
+impl Hash for Origin {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.display)
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Origin");
+        d.field("origin", &self.inner.display);
+        if let Some(sni) = &self.inner.sni {
+            d.field("sni", sni);
+        }
+        let tls = self.tls_identity();
+        if tls != 0 {
+            d.field("tls_config", &tls);
+        }
+        d.finish()
+    }
+}
+
+impl std::str::FromStr for Origin {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Origin::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(s: &str) -> &'static str {
+        match Origin::parse(s) {
+            Err(Error::InvalidOrigin { reason, .. }) => reason,
+            other => panic!("{s}: expected InvalidOrigin, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_defaults_and_lowercases() {
+        let o = Origin::parse("HTTP://Example.COM").unwrap();
+        assert_eq!(o.scheme(), Scheme::Http);
+        assert_eq!(o.host(), "example.com");
+        assert_eq!(o.port(), 80);
+        assert_eq!(o.authority(), "example.com");
+        let o = Origin::parse("https://[::1]:8443/").unwrap();
+        assert_eq!(o.host(), "[::1]");
+        assert_eq!(o.connect_host(), "::1");
+        assert_eq!(o.port(), 8443);
+        assert_eq!(o.authority(), "[::1]:8443");
+        assert_eq!(o.server_name(), "::1");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_reasons() {
+        assert_eq!(reason("ftp://x"), "scheme must be http or https");
+        assert_eq!(reason("http://"), "not a valid URI");
+        assert_eq!(reason("http://x:0"), "port 0 is not a valid port");
+        assert_eq!(reason("example.com"), "missing scheme (expected http:// or https://)");
+        assert_eq!(reason("http://u:p@x"), "user info is not allowed in an origin");
+        assert_eq!(reason("http://x/path"), "an origin has no path or query");
+        assert_eq!(reason("http://x:"), "empty port");
+    }
+
+    #[test]
+    fn request_uri_keeps_only_the_origin() {
+        let uri: Uri = "http://a.example:8080/p?q=1".parse().unwrap();
+        let o = Origin::from_uri(&uri).unwrap();
+        assert_eq!(o, Origin::parse("http://A.example:8080").unwrap());
+        let rel: Uri = "/just/a/path".parse().unwrap();
+        assert!(Origin::from_uri(&rel).unwrap_err().is_invalid_input());
+    }
+
+    #[test]
+    fn sni_is_part_of_the_key() {
+        let a = Origin::parse("https://10.0.0.1").unwrap();
+        let b = a.with_sni("a.example").unwrap();
+        let c = a.with_sni("b.example").unwrap();
+        assert_ne!(a, b);
+        assert_ne!(b, c);
+        assert_eq!(b, a.with_sni("A.example").unwrap());
+        assert_eq!(b.server_name(), "a.example");
+        assert!(a.with_sni("").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! A TCP or TLS byte stream.
