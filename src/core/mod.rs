@@ -1,1 +1,96 @@
-//! The sans-IO pool core.
+//! The sans-IO core: one origin's pool as a plain state machine.
+//!
+//! [`OriginPool`] holds connections and their stream slots, the FIFO queue of
+//! waiting requests, connect attempts in flight, deadlines and counters. It
+//! never spawns, sleeps, reads a clock or touches a socket: every method takes
+//! `now` and queues [`Action`]s that the driver ([`Pool`](crate::Pool)) carries
+//! out. That makes it testable as a model (random operation sequences, with
+//! [`OriginPool::check_invariants`] after every step) and with simulated time,
+//! and keeps the hot path to one short critical section per checkout and per
+//! release.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use edgepool::core::{Action, CoreConfig, OriginPool};
+//!
+//! let mut pool: OriginPool<&str, u32> = OriginPool::new(CoreConfig::default()).unwrap();
+//! let t0 = Instant::now();
+//! // Nothing is open: the request queues and the core asks for a connect.
+//! assert!(pool.try_checkout(t0).is_none());
+//! let waiter = pool.enqueue(t0, t0 + Duration::from_secs(1), 7).unwrap();
+//! let Some(Action::Connect(conn)) = pool.poll_action() else { panic!() };
+//! // The driver connected; the waiter is served from the new connection.
+//! pool.connected(conn, t0, 1, "an http/1.1 connection").unwrap();
+//! let Some(Action::Wake { waiter: 7, grant }) = pool.poll_action() else { panic!() };
+//! pool.release(grant.conn, t0, true);
+//! // The next request reuses it without waiting.
+//! assert!(pool.try_checkout(t0).unwrap().reused);
+//! # let _ = waiter;
+//! ```
+
+mod conn_table;
+mod counters;
+mod ids;
+mod origin_pool;
+mod waiters;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use conn_table::Phase;
+pub use counters::{CloseReason, DestroyCounts, Stats};
+pub use ids::{ConnId, WaiterId};
+pub use origin_pool::{Action, Grant, OriginPool, RejectReason, Rejected, WaitFailure};
+
+use crate::Error;
+
+/// Limits and timeouts of one origin's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Most connections open or being opened at once (default 100).
+    pub max_connections: usize,
+    /// Most requests waiting for a slot; one more is rejected at once (default 1,024).
+    pub max_pending: usize,
+    /// Close a connection that carried no request for this long (default 90 s; None keeps it).
+    pub idle_timeout: Option<Duration>,
+    /// When every slot is in use, open another connection (true, default) or
+    /// queue on the ones there are (false: the RFC 9113 reading for HTTP/2).
+    pub open_more_when_saturated: bool,
+    /// Slots a new connection is assumed to bring until one has said (1 for
+    /// HTTP/1.1, the local stream maximum for multiplexed protocols).
+    pub expected_slots: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_connections: 100,
+            max_pending: 1024,
+            idle_timeout: Some(Duration::from_secs(90)),
+            open_more_when_saturated: true,
+            expected_slots: 1,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Rejects values the pool cannot work with, naming the field and value.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_connections == 0 {
+            return Err(Error::config("max_connections", 0, "must be at least 1"));
+        }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "idle_timeout",
+                Duration::ZERO,
+                "must be above zero (use None to keep idle connections)",
+            ));
+        }
+        if self.expected_slots == 0 {
+            return Err(Error::config("expected_slots", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! Unit tests of the core with explicit instants.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+type Core = OriginPool<&'static str, u32>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn core(config: CoreConfig) -> Core {
+    OriginPool::new(config).unwrap()
+}
+
+fn actions(core: &mut Core) -> Vec<Action<&'static str, u32>> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+/// Opens one connection with `slots` and returns its id, leaving it idle.
+fn open(core: &mut Core, t: Instant, slots: usize) -> ConnId {
+    let w = core.enqueue(t, t + ms(1000), 999).unwrap();
+    let conn = match actions(core).as_slice() {
+        [Action::Connect(c)] => *c,
+        other => panic!("expected one connect, got {other:?}"),
+    };
+    core.connected(conn, t, slots, "conn").unwrap();
+    match actions(core).as_slice() {
+        [Action::Wake { waiter: 999, grant }] => core.release(grant.conn, t, true),
+        other => panic!("expected a wake, got {other:?} for {w:?}"),
+    }
+    conn
+}
+
+#[test]
+fn idle_timeout_closes_exactly_at_the_deadline() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        idle_timeout: Some(ms(100)),
+        ..CoreConfig::default()
+    });
+    let conn = open(&mut c, t0, 1);
+    assert_eq!(c.next_timeout(), Some(t0 + ms(100)));
+    c.handle_timeout(t0 + ms(99));
+    assert!(actions(&mut c).is_empty());
+    assert_eq!(c.stats().cx_idle, 1);
+    c.handle_timeout(t0 + ms(100));
+    match actions(&mut c).as_slice() {
+        [Action::Close { conn: closed, reason: CloseReason::IdleTimeout, handle: Some("conn") }] => {
+            assert_eq!(*closed, conn)
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = c.stats();
+    assert_eq!(s.cx_destroy.idle_timeout, 1);
+    assert!(s.gauges_are_zero(), "{s:?}");
+}
+
+#[test]
+fn use_pushes_the_idle_deadline_back() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        idle_timeout: Some(ms(100)),
+        ..CoreConfig::default()
+    });
+    open(&mut c, t0, 1);
+    let g = c.try_checkout(t0 + ms(80)).unwrap();
+    assert!(g.reused);
+    assert_eq!(g.idle_for, ms(80));
+    c.release(g.conn, t0 + ms(90), true);
+    c.handle_timeout(t0 + ms(150));
+    assert!(actions(&mut c).is_empty(), "used at 90 ms, so idle until 190 ms");
+    assert_eq!(c.next_timeout(), Some(t0 + ms(190)));
+    c.handle_timeout(t0 + ms(190));
+    assert_eq!(actions(&mut c).len(), 1);
+}
+
+#[test]
+fn busy_connections_never_idle_out() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        idle_timeout: Some(ms(10)),
+        ..CoreConfig::default()
+    });
+    open(&mut c, t0, 1);
+    let g = c.try_checkout(t0).unwrap();
+    c.handle_timeout(t0 + ms(1000));
+    assert!(actions(&mut c).is_empty());
+    assert_eq!(c.next_timeout(), None);
+    c.release(g.conn, t0 + ms(1000), true);
+    assert_eq!(c.next_timeout(), Some(t0 + ms(1010)));
+}
+
+#[test]
+fn waiter_deadline_fails_it_with_the_time_waited() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    let conn = open(&mut c, t0, 1);
+    let held = c.try_checkout(t0).unwrap();
+    assert!(c.try_checkout(t0).is_none());
+    let w = c.enqueue(t0 + ms(5), t0 + ms(55), 1).unwrap();
+    assert!(actions(&mut c).is_empty(), "at the limit: no connect");
+    assert_eq!(c.next_timeout(), Some(t0 + ms(55)));
+    assert!(!c.expire(w, t0 + ms(54)), "not yet due");
+    c.handle_timeout(t0 + ms(54));
+    assert!(actions(&mut c).is_empty());
+    assert!(c.expire(w, t0 + ms(55)));
+    match actions(&mut c).as_slice() {
+        [Action::Fail { waiter: 1, reason: WaitFailure::Timeout { waited } }] => {
+            assert_eq!(*waited, ms(50))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.expire(w, t0 + ms(56)), "resolved exactly once");
+    assert_eq!(c.stats().rq_pending_timeout, 1);
+    // The slot released later goes back to the pool, not to the dead waiter.
+    c.release(held.conn, t0 + ms(60), true);
+    assert!(actions(&mut c).is_empty());
+    assert_eq!(c.try_checkout(t0 + ms(61)).unwrap().conn, conn);
+}
+
+#[test]
+fn waiters_are_served_in_fifo_order() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    open(&mut c, t0, 1);
+    let g = c.try_checkout(t0).unwrap();
+    for w in 1..=3 {
+        c.enqueue(t0, t0 + ms(100), w).unwrap();
+    }
+    let mut order = Vec::new();
+    let mut conn = g.conn;
+    for _ in 0..3 {
+        c.release(conn, t0, true);
+        match actions(&mut c).as_slice() {
+            [Action::Wake { waiter, grant }] => {
+                order.push(*waiter);
+                conn = grant.conn;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(order, vec![1, 2, 3]);
+}
+
+#[test]
+fn full_queue_overflows_at_once_and_hands_the_waiter_back() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        max_pending: 2,
+        ..CoreConfig::default()
+    });
+    c.enqueue(t0, t0 + ms(10), 1).unwrap();
+    c.enqueue(t0, t0 + ms(10), 2).unwrap();
+    let rejected = c.enqueue(t0, t0 + ms(10), 3).unwrap_err();
+    assert_eq!(rejected.reason, RejectReason::Overflow);
+    assert_eq!(rejected.waiter, 3);
+    assert_eq!(c.stats().rq_pending_overflow, 1);
+}
+
+#[test]
+fn prefers_the_most_recently_used_connection() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let a = c.enqueue(t0, t0 + ms(100), 1).unwrap();
+    let b = c.enqueue(t0, t0 + ms(100), 2).unwrap();
+    let conns: Vec<ConnId> = actions(&mut c)
+        .into_iter()
+        .map(|a| match a {
+            Action::Connect(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(conns.len(), 2, "two waiters on 1-slot connections: two connects");
+    c.connected(conns[0], t0, 1, "a").unwrap();
+    c.connected(conns[1], t0, 1, "b").unwrap();
+    let grants: Vec<Grant> = actions(&mut c)
+        .into_iter()
+        .map(|a| match a {
+            Action::Wake { grant, .. } => grant,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    c.release(grants[0].conn, t0 + ms(1), true);
+    c.release(grants[1].conn, t0 + ms(2), true);
+    assert_eq!(c.try_checkout(t0 + ms(3)).unwrap().conn, grants[1].conn);
+    assert_eq!(c.try_checkout(t0 + ms(3)).unwrap().conn, grants[0].conn);
+    let _ = (a, b);
+}
+
+#[test]
+fn multiplexed_connection_lends_up_to_its_slots_then_opens_another() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        expected_slots: 3,
+        ..CoreConfig::default()
+    });
+    for w in 0..3 {
+        c.enqueue(t0, t0 + ms(100), w).unwrap();
+    }
+    let connects = actions(&mut c);
+    assert_eq!(connects.len(), 1, "one connection is expected to carry three");
+    let Action::Connect(conn) = connects[0] else { panic!() };
+    c.connected(conn, t0, 3, "h2").unwrap();
+    assert_eq!(actions(&mut c).len(), 3);
+    assert_eq!(c.load(conn), Some((3, 3)));
+    assert!(c.try_checkout(t0).is_none());
+    c.enqueue(t0, t0 + ms(100), 3).unwrap();
+    assert!(matches!(actions(&mut c).as_slice(), [Action::Connect(_)]));
+}
+
+#[test]
+fn queue_only_mode_never_opens_a_second_connection() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        expected_slots: 2,
+        open_more_when_saturated: false,
+        ..CoreConfig::default()
+    });
+    for w in 0..5 {
+        c.enqueue(t0, t0 + ms(100), w).unwrap();
+    }
+    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    assert!(c.poll_action().is_none());
+    c.connected(conn, t0, 2, "h2").unwrap();
+    assert_eq!(actions(&mut c).len(), 2);
+    assert_eq!(c.stats().rq_pending, 3);
+    assert_eq!(c.connection_count(), 1);
+}
+
+#[test]
+fn failed_connect_fails_its_waiter_quickly() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    c.enqueue(t0, t0 + ms(1000), 1).unwrap();
+    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    c.connect_failed(conn, t0 + ms(1));
+    match actions(&mut c).as_slice() {
+        [Action::Fail { waiter: 1, reason: WaitFailure::ConnectFailed }] => {}
+        other => panic!("{other:?}"),
+    }
+    let s = c.stats();
+    assert_eq!((s.cx_connect_fail, s.rq_pending_failure), (1, 1));
+    assert!(s.gauges_are_zero());
+}
+
+#[test]
+fn lowered_slots_are_respected_for_new_grants() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        expected_slots: 4,
+        ..CoreConfig::default()
+    });
+    let conn = open(&mut c, t0, 4);
+    let g1 = c.try_checkout(t0).unwrap();
+    let _g2 = c.try_checkout(t0).unwrap();
+    c.set_slots(conn, t0, 1);
+    assert!(c.try_checkout(t0).is_none(), "2 leases >= 1 slot");
+    c.release(g1.conn, t0, true);
+    assert!(c.try_checkout(t0).is_none(), "1 lease >= 1 slot");
+    c.set_slots(conn, t0, 0);
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn drain_closes_after_the_last_lease() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let conn = open(&mut c, t0, 1);
+    let g = c.try_checkout(t0).unwrap();
+    c.drain(conn, t0);
+    assert!(actions(&mut c).is_empty());
+    assert!(c.try_checkout(t0).is_none());
+    c.release(g.conn, t0, true);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Close { reason: CloseReason::Drained, .. }]
+    ));
+    assert!(c.stats().gauges_are_zero());
+}
+
+#[test]
+fn unreusable_release_closes_and_replaces_for_waiters() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    open(&mut c, t0, 1);
+    let g = c.try_checkout(t0).unwrap();
+    c.enqueue(t0, t0 + ms(10), 5).unwrap();
+    c.release(g.conn, t0, false);
+    let acts = actions(&mut c);
+    assert!(matches!(acts[0], Action::Close { reason: CloseReason::Error, .. }));
+    assert!(matches!(acts[1], Action::Connect(_)), "{acts:?}");
+}
+
+#[test]
+fn peer_close_of_a_busy_connection_keeps_the_lease_counted() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let conn = open(&mut c, t0, 1);
+    let g = c.try_checkout(t0).unwrap();
+    c.close(conn, t0, CloseReason::PeerClosed);
+    assert_eq!(c.stats().rq_active, 1);
+    assert_eq!(c.stats().cx_active, 0);
+    c.release(g.conn, t0, true);
+    assert!(c.stats().gauges_are_zero());
+    assert_eq!(c.stats().cx_destroy.remote, 1);
+}
+
+#[test]
+fn shutdown_fails_waiters_and_closes_attempts_when_they_report() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    c.enqueue(t0, t0 + ms(10), 1).unwrap();
+    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    c.shutdown(t0);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Fail { waiter: 1, reason: WaitFailure::Shutdown }]
+    ));
+    assert_eq!(c.connected(conn, t0, 1, "late"), Err("late"));
+    assert!(c.stats().gauges_are_zero());
+    assert_eq!(c.enqueue(t0, t0, 2).unwrap_err().reason, RejectReason::Shutdown);
+}
+
+#[test]
+fn config_rejects_zero_limits_naming_the_field() {
+    let err = CoreConfig {
+        max_connections: 0,
+        ..CoreConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().contains("max_connections = 0"), "{err}");
+    let err = CoreConfig {
+        idle_timeout: Some(Duration::ZERO),
+        ..CoreConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().contains("idle_timeout"), "{err}");
+}
+
+/// Regression (found by the model test): raising a connection's slot count
+/// with no waiters left it off the free list, so its new slots were never lent.
+#[test]
+fn raised_slots_put_the_connection_back_on_the_free_list() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let conn = open(&mut c, t0, 1);
+    let _held = c.try_checkout(t0).unwrap();
+    c.set_slots(conn, t0, 2);
+    c.check_invariants().unwrap();
+    assert_eq!(c.try_checkout(t0).unwrap().conn, conn);
+}
