@@ -119,6 +119,10 @@ pub enum Error {
         protocol: &'static str,
     },
 
+    /// The pool was built outside a tokio runtime.
+    #[error("edgepool needs a tokio runtime: build the pool inside one")]
+    NoRuntime,
+
     /// The pool was shut down, or the operation needs a tokio runtime and none is running.
     #[error("pool is shut down: {reason}")]
     Shutdown {
@@ -131,7 +135,9 @@ impl Error {
     /// Sorts the error into what a caller should do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidOrigin { .. } | Error::InvalidConfig { .. } => ErrorKind::InvalidInput,
+            Error::InvalidOrigin { .. } | Error::InvalidConfig { .. } | Error::NoRuntime => {
+                ErrorKind::InvalidInput
+            }
             Error::CheckoutTimeout { .. } | Error::PendingOverflow { .. } => ErrorKind::PoolFull,
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }

@@ -4,7 +4,12 @@
 
 pub mod core;
 mod error;
+mod info;
+mod pool;
 pub mod transport;
 
+pub use core::{CloseReason, Stats};
 pub use error::{BoxError, Error, ErrorKind};
+pub use info::ConnectionInfo;
+pub use pool::{OriginStats, Pool, PoolBuilder, PoolStats, ResponseBody};
 pub use transport::{ConnState, Connection, Origin, Protocol, Scheme, Transport};

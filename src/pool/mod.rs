@@ -1,0 +1,290 @@
+//! [`Pool`]: the async driver around the sans-IO core, keyed by [`Origin`].
+
+mod body;
+mod builder;
+mod reaper;
+mod shard;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+
+pub use body::ResponseBody;
+pub use builder::PoolBuilder;
+pub use stats::{OriginStats, PoolStats};
+
+use crate::core::{CoreConfig, Stats};
+use crate::transport::{Connection, Protocol, RequestBody, SendError, Transport};
+use crate::{BoxError, ConnectionInfo, Error, Origin};
+use shard::Shard;
+
+/// How often a request whose connection turned out closed before anything
+/// was sent is moved to another connection before giving up.
+const MAX_UNSENT_RETRIES: usize = 3;
+
+/// A pool of warm connections to many origins.
+///
+/// Cheap to clone (one reference count); all clones share the connections.
+/// A background task closes idle connections; it stops when the last clone
+/// is dropped.
+///
+/// ```no_run
+/// use edgepool::{Pool, transport::http1::Http1};
+/// # async fn f() -> Result<(), edgepool::Error> {
+/// let pool = Pool::builder(Http1::new()).max_connections_per_origin(64).build()?;
+/// let response = pool
+///     .request(http::Request::get("http://127.0.0.1:8080/").body(String::new()).unwrap())
+///     .await?;
+/// println!("{}", response.status());
+/// # Ok(()) }
+/// ```
+pub struct Pool<T: Transport> {
+    inner: Arc<PoolInner<T>>,
+}
+
+impl<T: Transport> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct PoolInner<T: Transport> {
+    transport: Arc<T>,
+    core_config: CoreConfig,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    shards: RwLock<HashMap<Origin, Arc<Shard<T>>>>,
+    /// Counters of origins whose idle entries were removed, so totals never
+    /// go backwards.
+    retired: Mutex<Stats>,
+    shut_down: std::sync::atomic::AtomicBool,
+    /// Dropped with the pool; the reaper task stops when it sees that.
+    _reaper_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl<T: Transport> Pool<T> {
+    /// Starts configuring a pool over `transport`.
+    pub fn builder(transport: T) -> PoolBuilder<T> {
+        PoolBuilder::new(transport)
+    }
+
+    /// Sends a request to the origin named by its absolute URI, on a pooled
+    /// connection, and returns the response. The connection's slot is held
+    /// until the response body has been read to its end or dropped.
+    pub async fn request<B>(&self, request: Request<B>) -> Result<Response<ResponseBody<T>>, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let origin = Origin::from_uri(request.uri())?;
+        self.send_to(origin, request).await
+    }
+
+    /// Sends a request to `origin`, which may carry its own SNI or TLS
+    /// configuration. The request URI may be origin-form (`/path?q`), as a
+    /// proxy receives it; an absolute URI must name the same scheme, host and
+    /// port as `origin`, so a request is never carried on a connection
+    /// verified for another name.
+    pub async fn request_to<B>(&self, origin: &Origin, mut request: Request<B>) -> Result<Response<ResponseBody<T>>, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let uri = request.uri();
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            let named = Origin::from_uri(uri)?;
+            if (named.scheme(), named.host(), named.port()) != (origin.scheme(), origin.host(), origin.port()) {
+                return Err(Error::InvalidOrigin {
+                    uri: uri.to_string(),
+                    reason: "request URI names another origin than the one it is sent to",
+                });
+            }
+        } else {
+            *request.uri_mut() = absolute_uri(origin, uri)?;
+        }
+        self.send_to(origin.clone(), request).await
+    }
+
+    async fn send_to<B>(&self, origin: Origin, request: Request<B>) -> Result<Response<ResponseBody<T>>, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let shard = self.shard(&origin)?;
+        let deadline = tokio::time::Instant::now() + self.inner.checkout_timeout;
+        let mut request = request.map(|b| RequestBody::new(b.map_err(Into::into)));
+        let mut attempt = 0;
+        loop {
+            let lease = shard.checkout(deadline).await?;
+            let conn = Arc::clone(&lease.conn);
+            let grant = lease.grant;
+            match conn.send(request).await {
+                Ok(response) => {
+                    let protocol = conn.protocol();
+                    let reusable = !(protocol == Protocol::Http1 && says_close(response.headers()));
+                    if grant.reused {
+                        tracing::trace!(origin = %origin, conn = %grant.conn, idle_ms = grant.idle_for.as_millis() as u64, "reused connection");
+                    }
+                    let info = ConnectionInfo {
+                        id: grant.conn.as_u64(),
+                        origin: origin.clone(),
+                        protocol,
+                        reused: grant.reused,
+                        idle_for: grant.idle_for,
+                    };
+                    let (mut parts, body) = response.into_parts();
+                    parts.extensions.insert(info);
+                    return Ok(Response::from_parts(parts, ResponseBody::new(body, lease, reusable)));
+                }
+                Err(SendError {
+                    unsent: Some(unsent),
+                    error,
+                }) if attempt < MAX_UNSENT_RETRIES => {
+                    // The connection was closed before the request left: it
+                    // is safe to send on another one, whatever the method.
+                    tracing::debug!(origin = %origin, conn = %grant.conn, %error, "connection closed before send; retrying on another");
+                    shard.report_closed(grant.conn);
+                    lease.release(false);
+                    shard.record_retry();
+                    attempt += 1;
+                    request = unsent;
+                }
+                Err(SendError { error, .. }) => {
+                    tracing::debug!(origin = %origin, conn = %grant.conn, %error, "request failed");
+                    lease.release(false);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// The shard of an origin, created on first use.
+    fn shard(&self, origin: &Origin) -> Result<Arc<Shard<T>>, Error> {
+        if let Some(shard) = read(&self.inner.shards).get(origin) {
+            return Ok(Arc::clone(shard));
+        }
+        if self.inner.shut_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Shutdown {
+                reason: "the pool is shut down",
+            });
+        }
+        let mut shards = write(&self.inner.shards);
+        if let Some(shard) = shards.get(origin) {
+            return Ok(Arc::clone(shard));
+        }
+        let shard = Arc::new(Shard::new(
+            origin.clone(),
+            self.inner.core_config.clone(),
+            Arc::clone(&self.inner.transport),
+            self.inner.connect_timeout,
+        )?);
+        shards.insert(origin.clone(), Arc::clone(&shard));
+        Ok(shard)
+    }
+
+    /// A snapshot of the counters, per origin and in total.
+    pub fn stats(&self) -> PoolStats {
+        let mut total = *lock(&self.inner.retired);
+        let origins: Vec<OriginStats> = read(&self.inner.shards)
+            .values()
+            .map(|shard| OriginStats {
+                origin: shard.origin.clone(),
+                stats: shard.stats(),
+            })
+            .collect();
+        for o in &origins {
+            total.add(&o.stats);
+        }
+        PoolStats { total, origins }
+    }
+
+    /// Stops lending: waiting requests fail, idle connections close, busy
+    /// ones close when their response ends, and new requests are refused
+    /// with [`Error::Shutdown`].
+    pub fn shutdown(&self) {
+        self.inner.shut_down.store(true, std::sync::atomic::Ordering::Release);
+        let shards: Vec<Arc<Shard<T>>> = read(&self.inner.shards).values().cloned().collect();
+        for shard in shards {
+            shard.shutdown();
+        }
+    }
+
+    /// The transport this pool opens connections with.
+    pub fn transport(&self) -> &T {
+        &self.inner.transport
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("origins", &read(&self.inner.shards).len())
+            .finish()
+    }
+}
+
+/// Whether a response's `Connection` header says the connection closes after it.
+fn says_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+}
+
+fn absolute_uri(origin: &Origin, uri: &Uri) -> Result<Uri, Error> {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::builder()
+        .scheme(origin.scheme().as_str())
+        .authority(origin.authority())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Error::InvalidOrigin {
+            uri: uri.to_string(),
+            reason: "cannot combine this path with the origin",
+        })
+}
+
+// Poisoned locks are taken over: every structure behind them stays
+// consistent between statements (see Shard::lock).
+fn read<V>(l: &RwLock<V>) -> std::sync::RwLockReadGuard<'_, V> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<V>(l: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<V>(l: &Mutex<V>) -> std::sync::MutexGuard<'_, V> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_close_is_found_among_tokens() {
+        let mut h = http::HeaderMap::new();
+        assert!(!says_close(&h));
+        h.insert(http::header::CONNECTION, "keep-alive, Close".parse().unwrap());
+        assert!(says_close(&h));
+        h.insert(http::header::CONNECTION, "closed".parse().unwrap());
+        assert!(!says_close(&h));
+    }
+
+    #[test]
+    fn relative_uri_is_made_absolute_for_the_origin() {
+        let o = Origin::parse("https://a.example:8443").unwrap();
+        let uri = absolute_uri(&o, &"/p?q=1".parse().unwrap()).unwrap();
+        assert_eq!(uri, "https://a.example:8443/p?q=1");
+    }
+}

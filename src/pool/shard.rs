@@ -1,0 +1,359 @@
+//! One origin's pool in the async world: the sans-IO core behind a mutex,
+//! and the code that carries out its actions (spawn connects, wake waiters,
+//! close connections).
+//!
+//! Locking: one `std::sync::Mutex` per origin, held for one core call plus
+//! the actions it queued (oneshot sends and task spawns, all non-blocking),
+//! never across an `.await`. Connection handles the core asks to close are
+//! dropped after the lock is released, so a transport whose drop reports an
+//! event cannot deadlock on this mutex.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::core::{Action, CloseReason, ConnId, CoreConfig, Grant, OriginPool, RejectReason, WaitFailure, WaiterId};
+use crate::transport::{ConnEvent, ConnEvents, ConnState, Connection, Transport};
+use crate::{Error, Origin};
+
+/// What a waiting request receives: its slot and the connection, or why not.
+pub(crate) type Served<C> = Result<(Grant, Arc<C>), Error>;
+type WaiterTx<C> = oneshot::Sender<Served<C>>;
+type Core<C> = OriginPool<Arc<C>, WaiterTx<C>>;
+
+/// The pool's clock. tokio's, so tests with paused time drive the core too.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+pub(crate) struct Shard<T: Transport> {
+    pub(crate) origin: Origin,
+    core: Mutex<Core<T::Conn>>,
+    transport: Arc<T>,
+    connect_timeout: Duration,
+}
+
+impl<T: Transport> Shard<T> {
+    pub(crate) fn new(origin: Origin, config: CoreConfig, transport: Arc<T>, connect_timeout: Duration) -> Result<Self, Error> {
+        Ok(Shard {
+            origin,
+            core: Mutex::new(OriginPool::new(config)?),
+            transport,
+            connect_timeout,
+        })
+    }
+
+    /// Locks the core. A panic while the lock was held cannot leave the core
+    /// half-updated in a way later calls rely on (each call re-checks its
+    /// ids), so a poisoned lock is taken over rather than spread.
+    fn lock(&self) -> MutexGuard<'_, Core<T::Conn>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the core, then carries out the actions it queued. Handles
+    /// of closed connections are dropped after the lock is released.
+    /// `connect_error` is handed to waiters failed because a connect failed.
+    fn with_core<R>(
+        self: &Arc<Self>,
+        connect_error: Option<&Error>,
+        f: impl FnOnce(&mut Core<T::Conn>, Instant) -> R,
+    ) -> R {
+        let mut closed: Vec<Arc<T::Conn>> = Vec::new();
+        let result = {
+            let mut core = self.lock();
+            let now = now();
+            let result = f(&mut core, now);
+            while let Some(action) = core.poll_action() {
+                match action {
+                    Action::Connect(id) => self.spawn_connect(id),
+                    Action::Wake { waiter, grant } => {
+                        let conn = core.conn(grant.conn).cloned();
+                        let sent = match conn {
+                            Some(conn) => waiter.send(Ok((grant, conn))),
+                            None => Err(Err(Error::Shutdown {
+                                reason: "connection vanished while being lent",
+                            })),
+                        };
+                        if sent.is_err() {
+                            // The waiter gave up between being served and
+                            // receiving: its slot goes straight back.
+                            core.release(grant.conn, now, true);
+                        }
+                    }
+                    Action::Fail { waiter, reason } => {
+                        let _ = waiter.send(Err(self.wait_error(reason, connect_error)));
+                    }
+                    Action::Close { conn, reason, handle } => {
+                        tracing::debug!(origin = %self.origin, %conn, reason = reason.as_str(), "closing connection");
+                        closed.extend(handle);
+                    }
+                }
+            }
+            result
+        };
+        drop(closed);
+        result
+    }
+
+    fn wait_error(&self, reason: WaitFailure, connect_error: Option<&Error>) -> Error {
+        match reason {
+            WaitFailure::Timeout { waited } => Error::CheckoutTimeout {
+                origin: self.origin.to_string(),
+                waited,
+            },
+            WaitFailure::ConnectFailed => connect_error.cloned().unwrap_or_else(|| {
+                Error::connect(&self.origin, "connection closed during its handshake")
+            }),
+            _ => Error::Shutdown {
+                reason: "the pool was shut down while the request waited",
+            },
+        }
+    }
+
+    fn spawn_connect(self: &Arc<Self>, id: ConnId) {
+        let shard = Arc::clone(self);
+        tracing::debug!(origin = %self.origin, conn = %id, "connecting");
+        tokio::spawn(async move {
+            let events = shard.events_for(id);
+            let outcome = tokio::time::timeout(
+                shard.connect_timeout,
+                shard.transport.connect(&shard.origin, events),
+            )
+            .await;
+            let result = match outcome {
+                Ok(result) => result,
+                Err(_) => Err(Error::ConnectTimeout {
+                    origin: shard.origin.to_string(),
+                    timeout: shard.connect_timeout,
+                }),
+            };
+            match result {
+                Ok(conn) => {
+                    let slots = conn.slots();
+                    let conn = Arc::new(conn);
+                    tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
+                    let rejected = shard.with_core(None, |core, now| core.connected(id, now, slots, conn).err());
+                    drop(rejected); // abandoned meanwhile (pool shut down): close it
+                }
+                Err(error) => {
+                    tracing::debug!(origin = %shard.origin, conn = %id, %error, "connect failed");
+                    shard.with_core(Some(&error), |core, now| core.connect_failed(id, now));
+                }
+            }
+        });
+    }
+
+    /// The event handle for one connection: holds the shard weakly, so a
+    /// connection task outliving the pool reports into nothing.
+    fn events_for(self: &Arc<Self>, id: ConnId) -> ConnEvents {
+        let shard: Weak<Self> = Arc::downgrade(self);
+        ConnEvents::new(move |event| {
+            let Some(shard) = shard.upgrade() else { return };
+            tracing::trace!(origin = %shard.origin, conn = %id, ?event, "connection event");
+            shard.with_core(None, |core, now| match event {
+                ConnEvent::Closed => core.close(id, now, CloseReason::PeerClosed),
+                ConnEvent::Draining => core.drain(id, now),
+                ConnEvent::SlotsChanged(n) => core.set_slots(id, now, n),
+            });
+        })
+    }
+
+    /// Gets a slot: at once if one is free, else by waiting in FIFO order
+    /// until `deadline`. A connection found closed or draining at the moment
+    /// of lending is reported to the core and skipped, so a connection whose
+    /// peer closed it is never lent, even if its close event is still on
+    /// its way.
+    pub(crate) async fn checkout(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Lease<T>, Error> {
+        loop {
+            let (grant, conn) = self.checkout_once(deadline).await?;
+            match conn.state() {
+                ConnState::Ready => {
+                    return Ok(Lease {
+                        shard: Arc::clone(self),
+                        conn,
+                        grant,
+                        released: false,
+                    });
+                }
+                state => {
+                    tracing::debug!(origin = %self.origin, conn = %grant.conn, ?state, "skipping a connection that is no longer ready");
+                    self.with_core(None, |core, now| {
+                        match state {
+                            ConnState::Draining => core.drain(grant.conn, now),
+                            _ => core.close(grant.conn, now, CloseReason::PeerClosed),
+                        }
+                        core.release(grant.conn, now, true);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn checkout_once(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.with_core(None, |core, now| {
+            if let Some(grant) = core.try_checkout(now) {
+                let conn = core.conn(grant.conn).cloned();
+                return Ok(Err((grant, conn)));
+            }
+            core.enqueue(now, deadline.into_std(), tx).map(Ok)
+        });
+        let waiter = match queued {
+            Ok(Err((grant, Some(conn)))) => return Ok((grant, conn)),
+            Ok(Err((_, None))) => {
+                return Err(Error::Shutdown {
+                    reason: "connection vanished while being lent",
+                });
+            }
+            Ok(Ok(waiter)) => waiter,
+            Err(rejected) => {
+                let max_pending = self.lock().config().max_pending;
+                return Err(match rejected.reason {
+                    RejectReason::Overflow => Error::PendingOverflow {
+                        origin: self.origin.to_string(),
+                        max_pending,
+                    },
+                    _ => Error::Shutdown {
+                        reason: "the pool is shut down",
+                    },
+                });
+            }
+        };
+        let mut guard = WaitGuard {
+            shard: Arc::clone(self),
+            id: waiter,
+            rx: Some(rx),
+        };
+        guard.wait(deadline).await
+    }
+
+    /// Returns a slot; see [`OriginPool::release`].
+    fn release(self: &Arc<Self>, conn: ConnId, reusable: bool) {
+        self.with_core(None, |core, now| core.release(conn, now, reusable));
+    }
+
+    /// Reports a connection found closed when a request was about to use it.
+    pub(crate) fn report_closed(self: &Arc<Self>, conn: ConnId) {
+        self.with_core(None, |core, now| core.close(conn, now, CloseReason::PeerClosed));
+    }
+
+    pub(crate) fn record_retry(self: &Arc<Self>) {
+        self.with_core(None, |core, _| core.record_retry());
+    }
+
+    /// Expires deadlines and idle connections; returns when next to call.
+    pub(crate) fn handle_timeout(self: &Arc<Self>) -> Option<Instant> {
+        self.with_core(None, |core, now| {
+            core.handle_timeout(now);
+            core.next_timeout()
+        })
+    }
+
+    pub(crate) fn shutdown(self: &Arc<Self>) {
+        self.with_core(None, |core, now| core.shutdown(now));
+    }
+
+    pub(crate) fn stats(&self) -> crate::core::Stats {
+        self.lock().stats()
+    }
+
+    /// True when the origin has nothing open, leased, connecting or waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// A request waiting in the core's queue. Dropping it (the request's future
+/// was cancelled) takes the waiter out of the queue, or, if it was served in
+/// the meantime, gives the slot back.
+struct WaitGuard<T: Transport> {
+    shard: Arc<Shard<T>>,
+    id: WaiterId,
+    rx: Option<oneshot::Receiver<Served<T::Conn>>>,
+}
+
+impl<T: Transport> WaitGuard<T> {
+    async fn wait(&mut self, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(Error::Shutdown { reason: "waiter polled twice" });
+        };
+        let served = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(_)) => Err(Error::Shutdown {
+                reason: "the pool was dropped while the request waited",
+            }),
+            Err(_) => {
+                // Our timer fired. The core decides: either it fails us now
+                // (the failure lands in our channel), or we were served just
+                // before and the grant is already in the channel.
+                let id = self.id;
+                self.shard.with_core(None, |core, now| core.expire(id, now));
+                match self.rx.as_mut().map(|rx| rx.try_recv()) {
+                    Some(Ok(served)) => served,
+                    _ => {
+                        self.shard.with_core(None, |core, _| core.cancel(id));
+                        Err(Error::CheckoutTimeout {
+                            origin: self.shard.origin.to_string(),
+                            waited: Duration::ZERO,
+                        })
+                    }
+                }
+            }
+        };
+        self.rx = None;
+        served
+    }
+}
+
+impl<T: Transport> Drop for WaitGuard<T> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let id = self.id;
+        self.shard.with_core(None, |core, now| {
+            if core.cancel(id).is_none() {
+                // Served (or failed) before we could cancel: return the slot.
+                if let Ok(Ok((grant, _conn))) = rx.try_recv() {
+                    core.release(grant.conn, now, true);
+                }
+            }
+        });
+    }
+}
+
+/// One slot on one connection, held by one request. Released when dropped;
+/// whether the connection may be reused then depends on how the request ended.
+pub(crate) struct Lease<T: Transport> {
+    shard: Arc<Shard<T>>,
+    pub(crate) conn: Arc<T::Conn>,
+    pub(crate) grant: Grant,
+    released: bool,
+}
+
+impl<T: Transport> Lease<T> {
+    pub(crate) fn shard(&self) -> &Arc<Shard<T>> {
+        &self.shard
+    }
+
+    /// Returns the slot now. `reusable` false closes the connection.
+    pub(crate) fn release(mut self, reusable: bool) {
+        self.release_once(reusable);
+    }
+
+    fn release_once(&mut self, reusable: bool) {
+        if !self.released {
+            self.released = true;
+            self.shard.release(self.grant.conn, reusable);
+        }
+    }
+}
+
+impl<T: Transport> Drop for Lease<T> {
+    /// Dropped without an explicit release: the response was abandoned
+    /// before its end. Whether that spoils the connection is the protocol's
+    /// call (HTTP/1.1 yes, multiplexed protocols no).
+    fn drop(&mut self) {
+        let reusable = self.conn.reusable_after_abandoned_body();
+        self.release_once(reusable);
+    }
+}
