@@ -163,7 +163,11 @@ impl Error {
         self.kind() == ErrorKind::Origin
     }
 
-    pub(crate) fn config(field: &'static str, value: impl std::fmt::Debug, reason: &'static str) -> Self {
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl std::fmt::Debug,
+        reason: &'static str,
+    ) -> Self {
         Error::InvalidConfig {
             field,
             value: format!("{value:?}"),

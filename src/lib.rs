@@ -11,5 +11,5 @@ pub mod transport;
 pub use core::{CloseReason, Stats};
 pub use error::{BoxError, Error, ErrorKind};
 pub use info::ConnectionInfo;
-pub use pool::{OriginStats, Pool, PoolBuilder, PoolStats, ResponseBody};
+pub use pool::{Lease, OriginStats, Pool, PoolBuilder, PoolStats, ResponseBody};
 pub use transport::{ConnState, Connection, Origin, Protocol, Scheme, Transport};

@@ -38,15 +38,22 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = CoreConfig> {
-    (1usize..5, 0usize..6, prop::option::of(1u64..150), any::<bool>(), 1usize..4).prop_map(
-        |(max_connections, max_pending, idle_ms, open_more, expected_slots)| CoreConfig {
-            max_connections,
-            max_pending,
-            idle_timeout: idle_ms.map(Duration::from_millis),
-            open_more_when_saturated: open_more,
-            expected_slots,
-        },
+    (
+        1usize..5,
+        0usize..6,
+        prop::option::of(1u64..150),
+        any::<bool>(),
+        1usize..4,
     )
+        .prop_map(
+            |(max_connections, max_pending, idle_ms, open_more, expected_slots)| CoreConfig {
+                max_connections,
+                max_pending,
+                idle_timeout: idle_ms.map(Duration::from_millis),
+                open_more_when_saturated: open_more,
+                expected_slots,
+            },
+        )
 }
 
 /// What the test believes, built only from the actions the core emitted.
@@ -81,13 +88,23 @@ impl Model {
     }
 
     fn resolve(&mut self, payload: u64) -> Result<(), TestCaseError> {
-        prop_assert!(self.waiting.remove(&payload).is_some(), "waiter {payload} resolved but not waiting");
-        prop_assert!(self.resolved.insert(payload), "waiter {payload} resolved twice");
+        prop_assert!(
+            self.waiting.remove(&payload).is_some(),
+            "waiter {payload} resolved but not waiting"
+        );
+        prop_assert!(
+            self.resolved.insert(payload),
+            "waiter {payload} resolved twice"
+        );
         Ok(())
     }
 
     fn take_lease(&mut self, conn: ConnId) -> Result<(), TestCaseError> {
-        prop_assert_eq!(self.core.phase(conn), Some(Phase::Ready), "lease on a connection that is not ready");
+        prop_assert_eq!(
+            self.core.phase(conn),
+            Some(Phase::Ready),
+            "lease on a connection that is not ready"
+        );
         let (leases, slots) = self.core.load(conn).unwrap();
         prop_assert!(leases <= slots, "{} leases > {} slots", leases, slots);
         self.leases.push(conn);
@@ -174,7 +191,8 @@ impl Model {
                 }
             }
             Op::Cancel { pick } => {
-                let mut all: Vec<(u64, WaiterId)> = self.waiting.iter().map(|(p, w)| (*p, *w)).collect();
+                let mut all: Vec<(u64, WaiterId)> =
+                    self.waiting.iter().map(|(p, w)| (*p, *w)).collect();
                 all.sort();
                 if !all.is_empty() {
                     let (payload, id) = all[pick % all.len()];
@@ -208,14 +226,28 @@ impl Model {
             self.drain_actions()?;
         }
         for id in std::mem::take(&mut self.attempts) {
-            prop_assert!(self.core.connected(id, self.now, 1, 0).is_err(), "shut down pool accepted a connection");
+            prop_assert!(
+                self.core.connected(id, self.now, 1, 0).is_err(),
+                "shut down pool accepted a connection"
+            );
             self.drain_actions()?;
         }
         self.check()?;
-        prop_assert!(self.waiting.is_empty(), "unresolved waiters: {:?}", self.waiting);
-        prop_assert_eq!(self.resolved.len() as u64, self.next_payload - self.overflowed());
+        prop_assert!(
+            self.waiting.is_empty(),
+            "unresolved waiters: {:?}",
+            self.waiting
+        );
+        prop_assert_eq!(
+            self.resolved.len() as u64,
+            self.next_payload - self.overflowed()
+        );
         let s = self.core.stats();
-        prop_assert!(s.gauges_are_zero(), "gauges not zero after teardown: {:?}", s);
+        prop_assert!(
+            s.gauges_are_zero(),
+            "gauges not zero after teardown: {:?}",
+            s
+        );
         prop_assert!(self.core.is_empty());
         Ok(())
     }

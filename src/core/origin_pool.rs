@@ -3,11 +3,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::CoreConfig;
 use super::conn_table::{Conn, ConnTable, Phase};
 use super::counters::{CloseReason, Stats};
 use super::ids::{ConnId, WaiterId};
 use super::waiters::{Waiter, WaiterQueue};
-use super::CoreConfig;
 use crate::Error;
 
 /// One slot on one connection, granted to one request.
@@ -247,7 +247,13 @@ impl<C, W> OriginPool<C, W> {
     /// waiters are served from it first. Returns the handle back if the
     /// attempt was abandoned meanwhile (closed, or the pool shut down): the
     /// driver then closes it.
-    pub fn connected(&mut self, id: ConnId, now: Instant, slots: usize, handle: C) -> Result<(), C> {
+    pub fn connected(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        slots: usize,
+        handle: C,
+    ) -> Result<(), C> {
         let shut_down = self.shut_down;
         let Some(conn) = self.conns.get_mut(id) else {
             return Err(handle);
@@ -287,9 +293,15 @@ impl<C, W> OriginPool<C, W> {
         self.connecting -= 1;
         self.stats.cx_connect_fail += 1;
         let covered = self.connecting * self.expected_slots.max(1);
-        let mut to_fail = self.waiters.len().saturating_sub(covered).min(self.expected_slots.max(1));
+        let mut to_fail = self
+            .waiters
+            .len()
+            .saturating_sub(covered)
+            .min(self.expected_slots.max(1));
         while to_fail > 0 {
-            let Some(w) = self.waiters.pop_front() else { break };
+            let Some(w) = self.waiters.pop_front() else {
+                break;
+            };
             self.stats.rq_pending_failure += 1;
             self.actions.push_back(Action::Fail {
                 waiter: w.payload,
@@ -314,7 +326,9 @@ impl<C, W> OriginPool<C, W> {
     /// The connection takes no new requests (GOAWAY, recycling); it closes
     /// when its last lease is released.
     pub fn drain(&mut self, id: ConnId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         if conn.phase != Phase::Ready {
             return;
         }
@@ -333,7 +347,9 @@ impl<C, W> OriginPool<C, W> {
     /// Leases above a lowered limit run to completion; no new ones are
     /// granted until the connection is below it.
     pub fn set_slots(&mut self, id: ConnId, now: Instant, slots: usize) {
-        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         conn.slots = slots;
         if conn.phase != Phase::Ready {
             return;
@@ -494,7 +510,10 @@ impl<C, W> OriginPool<C, W> {
             ));
         }
         if leases > self.rq_active {
-            return Err(format!("{leases} leases on connections > rq_active {}", self.rq_active));
+            return Err(format!(
+                "{leases} leases on connections > rq_active {}",
+                self.rq_active
+            ));
         }
         if !self.waiters.is_empty() && listed > 0 {
             return Err("a request waits while a connection has a free slot".into());
@@ -514,7 +533,10 @@ impl<C, W> OriginPool<C, W> {
     // ---- internals ----
 
     fn grant(&mut self, id: ConnId, now: Instant) -> Grant {
-        let conn = self.conns.get_mut(id).expect("granting on a listed connection");
+        let conn = self
+            .conns
+            .get_mut(id)
+            .expect("granting on a listed connection");
         debug_assert!(conn.has_free_slot());
         let idle_for = if conn.leases == 0 {
             now.saturating_duration_since(conn.touched)
@@ -554,7 +576,9 @@ impl<C, W> OriginPool<C, W> {
 
     fn serve_waiters(&mut self, id: ConnId, now: Instant) {
         while self.conns.get(id).is_some_and(|c| c.has_free_slot()) {
-            let Some(w) = self.waiters.pop_front() else { break };
+            let Some(w) = self.waiters.pop_front() else {
+                break;
+            };
             let grant = self.grant(id, now);
             self.actions.push_back(Action::Wake {
                 waiter: w.payload,
@@ -574,7 +598,9 @@ impl<C, W> OriginPool<C, W> {
     }
 
     fn close_conn(&mut self, id: ConnId, reason: CloseReason, now: Instant) {
-        let Some(conn) = self.conns.remove(id) else { return };
+        let Some(conn) = self.conns.remove(id) else {
+            return;
+        };
         match conn.phase {
             Phase::Connecting => self.connecting -= 1,
             Phase::Ready => self.ready -= 1,

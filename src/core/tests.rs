@@ -47,7 +47,13 @@ fn idle_timeout_closes_exactly_at_the_deadline() {
     assert_eq!(c.stats().cx_idle, 1);
     c.handle_timeout(t0 + ms(100));
     match actions(&mut c).as_slice() {
-        [Action::Close { conn: closed, reason: CloseReason::IdleTimeout, handle: Some("conn") }] => {
+        [
+            Action::Close {
+                conn: closed,
+                reason: CloseReason::IdleTimeout,
+                handle: Some("conn"),
+            },
+        ] => {
             assert_eq!(*closed, conn)
         }
         other => panic!("{other:?}"),
@@ -70,7 +76,10 @@ fn use_pushes_the_idle_deadline_back() {
     assert_eq!(g.idle_for, ms(80));
     c.release(g.conn, t0 + ms(90), true);
     c.handle_timeout(t0 + ms(150));
-    assert!(actions(&mut c).is_empty(), "used at 90 ms, so idle until 190 ms");
+    assert!(
+        actions(&mut c).is_empty(),
+        "used at 90 ms, so idle until 190 ms"
+    );
     assert_eq!(c.next_timeout(), Some(t0 + ms(190)));
     c.handle_timeout(t0 + ms(190));
     assert_eq!(actions(&mut c).len(), 1);
@@ -110,7 +119,12 @@ fn waiter_deadline_fails_it_with_the_time_waited() {
     assert!(actions(&mut c).is_empty());
     assert!(c.expire(w, t0 + ms(55)));
     match actions(&mut c).as_slice() {
-        [Action::Fail { waiter: 1, reason: WaitFailure::Timeout { waited } }] => {
+        [
+            Action::Fail {
+                waiter: 1,
+                reason: WaitFailure::Timeout { waited },
+            },
+        ] => {
             assert_eq!(*waited, ms(50))
         }
         other => panic!("{other:?}"),
@@ -179,7 +193,11 @@ fn prefers_the_most_recently_used_connection() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(conns.len(), 2, "two waiters on 1-slot connections: two connects");
+    assert_eq!(
+        conns.len(),
+        2,
+        "two waiters on 1-slot connections: two connects"
+    );
     c.connected(conns[0], t0, 1, "a").unwrap();
     c.connected(conns[1], t0, 1, "b").unwrap();
     let grants: Vec<Grant> = actions(&mut c)
@@ -207,8 +225,14 @@ fn multiplexed_connection_lends_up_to_its_slots_then_opens_another() {
         c.enqueue(t0, t0 + ms(100), w).unwrap();
     }
     let connects = actions(&mut c);
-    assert_eq!(connects.len(), 1, "one connection is expected to carry three");
-    let Action::Connect(conn) = connects[0] else { panic!() };
+    assert_eq!(
+        connects.len(),
+        1,
+        "one connection is expected to carry three"
+    );
+    let Action::Connect(conn) = connects[0] else {
+        panic!()
+    };
     c.connected(conn, t0, 3, "h2").unwrap();
     assert_eq!(actions(&mut c).len(), 3);
     assert_eq!(c.load(conn), Some((3, 3)));
@@ -228,7 +252,9 @@ fn queue_only_mode_never_opens_a_second_connection() {
     for w in 0..5 {
         c.enqueue(t0, t0 + ms(100), w).unwrap();
     }
-    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    let Some(Action::Connect(conn)) = c.poll_action() else {
+        panic!()
+    };
     assert!(c.poll_action().is_none());
     c.connected(conn, t0, 2, "h2").unwrap();
     assert_eq!(actions(&mut c).len(), 2);
@@ -241,10 +267,17 @@ fn failed_connect_fails_its_waiter_quickly() {
     let t0 = Instant::now();
     let mut c = core(CoreConfig::default());
     c.enqueue(t0, t0 + ms(1000), 1).unwrap();
-    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    let Some(Action::Connect(conn)) = c.poll_action() else {
+        panic!()
+    };
     c.connect_failed(conn, t0 + ms(1));
     match actions(&mut c).as_slice() {
-        [Action::Fail { waiter: 1, reason: WaitFailure::ConnectFailed }] => {}
+        [
+            Action::Fail {
+                waiter: 1,
+                reason: WaitFailure::ConnectFailed,
+            },
+        ] => {}
         other => panic!("{other:?}"),
     }
     let s = c.stats();
@@ -283,7 +316,10 @@ fn drain_closes_after_the_last_lease() {
     c.release(g.conn, t0, true);
     assert!(matches!(
         actions(&mut c).as_slice(),
-        [Action::Close { reason: CloseReason::Drained, .. }]
+        [Action::Close {
+            reason: CloseReason::Drained,
+            ..
+        }]
     ));
     assert!(c.stats().gauges_are_zero());
 }
@@ -300,7 +336,13 @@ fn unreusable_release_closes_and_replaces_for_waiters() {
     c.enqueue(t0, t0 + ms(10), 5).unwrap();
     c.release(g.conn, t0, false);
     let acts = actions(&mut c);
-    assert!(matches!(acts[0], Action::Close { reason: CloseReason::Error, .. }));
+    assert!(matches!(
+        acts[0],
+        Action::Close {
+            reason: CloseReason::Error,
+            ..
+        }
+    ));
     assert!(matches!(acts[1], Action::Connect(_)), "{acts:?}");
 }
 
@@ -323,15 +365,23 @@ fn shutdown_fails_waiters_and_closes_attempts_when_they_report() {
     let t0 = Instant::now();
     let mut c = core(CoreConfig::default());
     c.enqueue(t0, t0 + ms(10), 1).unwrap();
-    let Some(Action::Connect(conn)) = c.poll_action() else { panic!() };
+    let Some(Action::Connect(conn)) = c.poll_action() else {
+        panic!()
+    };
     c.shutdown(t0);
     assert!(matches!(
         actions(&mut c).as_slice(),
-        [Action::Fail { waiter: 1, reason: WaitFailure::Shutdown }]
+        [Action::Fail {
+            waiter: 1,
+            reason: WaitFailure::Shutdown
+        }]
     ));
     assert_eq!(c.connected(conn, t0, 1, "late"), Err("late"));
     assert!(c.stats().gauges_are_zero());
-    assert_eq!(c.enqueue(t0, t0, 2).unwrap_err().reason, RejectReason::Shutdown);
+    assert_eq!(
+        c.enqueue(t0, t0, 2).unwrap_err().reason,
+        RejectReason::Shutdown
+    );
 }
 
 #[test]

@@ -87,6 +87,9 @@ impl<W> WaiterQueue<W> {
     }
 
     pub fn is_sorted_by_id(&self) -> bool {
-        self.queue.iter().zip(self.queue.iter().skip(1)).all(|(a, b)| a.id < b.id)
+        self.queue
+            .iter()
+            .zip(self.queue.iter().skip(1))
+            .all(|(a, b)| a.id < b.id)
     }
 }

@@ -21,28 +21,21 @@ pin_project! {
         #[pin]
         inner: <T::Conn as Connection>::ResponseBody,
         lease: Option<Lease<T>>,
-        // False when the response said the connection closes after it.
-        reusable: bool,
     }
 }
 
 impl<T: Transport> ResponseBody<T> {
-    pub(crate) fn new(inner: <T::Conn as Connection>::ResponseBody, lease: Lease<T>, reusable: bool) -> Self {
+    pub(crate) fn new(inner: <T::Conn as Connection>::ResponseBody, lease: Lease<T>) -> Self {
         let mut body = ResponseBody {
             inner,
             lease: Some(lease),
-            reusable,
         };
         // An empty body (204, Content-Length: 0) is finished already: free
         // the slot now rather than when the caller gets round to it.
         if body.inner.is_end_stream() {
-            body.finish(true);
+            release(&mut body.lease);
         }
         body
-    }
-
-    fn finish(&mut self, ok: bool) {
-        release(&mut self.lease, ok && self.reusable);
     }
 }
 
@@ -50,20 +43,23 @@ impl<T: Transport> Body for ResponseBody<T> {
     type Data = Bytes;
     type Error = Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let mut this = self.as_mut().project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                release(this.lease, *this.reusable);
+                release(this.lease);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 let error: BoxError = e.into();
                 let origin = this.lease.as_ref().map(|l| l.shard().origin.clone());
                 if let Some(lease) = this.lease.take() {
-                    lease.release(false);
+                    lease.discard();
                 }
                 Poll::Ready(Some(Err(match origin {
                     Some(origin) => Error::body(&origin, error),
@@ -75,7 +71,7 @@ impl<T: Transport> Body for ResponseBody<T> {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
-                    release(this.lease, *this.reusable);
+                    release(this.lease);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -91,9 +87,10 @@ impl<T: Transport> Body for ResponseBody<T> {
     }
 }
 
-fn release<T: Transport>(lease: &mut Option<Lease<T>>, reusable: bool) {
+/// The body ended cleanly: the slot goes back.
+fn release<T: Transport>(lease: &mut Option<Lease<T>>) {
     if let Some(lease) = lease.take() {
-        lease.release(reusable);
+        lease.release();
     }
 }
 

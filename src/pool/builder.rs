@@ -104,14 +104,25 @@ impl<T: Transport> PoolBuilder<T> {
             other => other,
         };
         self.core.validate().map_err(|e| match &e {
-            Error::InvalidConfig { field: "max_connections", .. } => field("max_connections_per_origin", e),
+            Error::InvalidConfig {
+                field: "max_connections",
+                ..
+            } => field("max_connections_per_origin", e),
             _ => e,
         })?;
         if self.checkout_timeout.is_zero() {
-            return Err(Error::config("checkout_timeout", self.checkout_timeout, "must be above zero"));
+            return Err(Error::config(
+                "checkout_timeout",
+                self.checkout_timeout,
+                "must be above zero",
+            ));
         }
         if self.connect_timeout.is_zero() {
-            return Err(Error::config("connect_timeout", self.connect_timeout, "must be above zero"));
+            return Err(Error::config(
+                "connect_timeout",
+                self.connect_timeout,
+                "must be above zero",
+            ));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();

@@ -16,11 +16,12 @@ use http_body_util::BodyExt;
 
 pub use body::ResponseBody;
 pub use builder::PoolBuilder;
+pub use shard::Lease;
 pub use stats::{OriginStats, PoolStats};
 
 use crate::core::{CoreConfig, Stats};
-use crate::transport::{Connection, Protocol, RequestBody, SendError, Transport};
-use crate::{BoxError, ConnectionInfo, Error, Origin};
+use crate::transport::{Connection, RequestBody, SendError, Transport};
+use crate::{BoxError, Error, Origin};
 use shard::Shard;
 
 /// How often a request whose connection turned out closed before anything
@@ -92,7 +93,11 @@ impl<T: Transport> Pool<T> {
     /// proxy receives it; an absolute URI must name the same scheme, host and
     /// port as `origin`, so a request is never carried on a connection
     /// verified for another name.
-    pub async fn request_to<B>(&self, origin: &Origin, mut request: Request<B>) -> Result<Response<ResponseBody<T>>, Error>
+    pub async fn request_to<B>(
+        &self,
+        origin: &Origin,
+        mut request: Request<B>,
+    ) -> Result<Response<ResponseBody<T>>, Error>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -100,7 +105,9 @@ impl<T: Transport> Pool<T> {
         let uri = request.uri();
         if uri.scheme().is_some() || uri.authority().is_some() {
             let named = Origin::from_uri(uri)?;
-            if (named.scheme(), named.host(), named.port()) != (origin.scheme(), origin.host(), origin.port()) {
+            if (named.scheme(), named.host(), named.port())
+                != (origin.scheme(), origin.host(), origin.port())
+            {
                 return Err(Error::InvalidOrigin {
                     uri: uri.to_string(),
                     reason: "request URI names another origin than the one it is sent to",
@@ -112,7 +119,11 @@ impl<T: Transport> Pool<T> {
         self.send_to(origin.clone(), request).await
     }
 
-    async fn send_to<B>(&self, origin: Origin, request: Request<B>) -> Result<Response<ResponseBody<T>>, Error>
+    async fn send_to<B>(
+        &self,
+        origin: Origin,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody<T>>, Error>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -123,25 +134,16 @@ impl<T: Transport> Pool<T> {
         let mut attempt = 0;
         loop {
             let lease = shard.checkout(deadline).await?;
-            let conn = Arc::clone(&lease.conn);
-            let grant = lease.grant;
+            let conn = lease.connection_arc();
+            let grant = lease.grant();
             match conn.send(request).await {
                 Ok(response) => {
-                    let protocol = conn.protocol();
-                    let reusable = !(protocol == Protocol::Http1 && says_close(response.headers()));
                     if grant.reused {
                         tracing::trace!(origin = %origin, conn = %grant.conn, idle_ms = grant.idle_for.as_millis() as u64, "reused connection");
                     }
-                    let info = ConnectionInfo {
-                        id: grant.conn.as_u64(),
-                        origin: origin.clone(),
-                        protocol,
-                        reused: grant.reused,
-                        idle_for: grant.idle_for,
-                    };
                     let (mut parts, body) = response.into_parts();
-                    parts.extensions.insert(info);
-                    return Ok(Response::from_parts(parts, ResponseBody::new(body, lease, reusable)));
+                    parts.extensions.insert(lease.info());
+                    return Ok(Response::from_parts(parts, ResponseBody::new(body, lease)));
                 }
                 Err(SendError {
                     unsent: Some(unsent),
@@ -151,18 +153,37 @@ impl<T: Transport> Pool<T> {
                     // is safe to send on another one, whatever the method.
                     tracing::debug!(origin = %origin, conn = %grant.conn, %error, "connection closed before send; retrying on another");
                     shard.report_closed(grant.conn);
-                    lease.release(false);
+                    lease.discard();
                     shard.record_retry();
                     attempt += 1;
                     request = unsent;
                 }
                 Err(SendError { error, .. }) => {
                     tracing::debug!(origin = %origin, conn = %grant.conn, %error, "request failed");
-                    lease.release(false);
+                    lease.discard();
                     return Err(error);
                 }
             }
         }
+    }
+
+    /// Borrows one slot on a connection to `origin` without sending anything:
+    /// for protocols or request flows the pool does not drive itself. Waits
+    /// like a request would (FIFO, up to the checkout timeout).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: edgepool::Pool<edgepool::transport::http1::Http1>) -> Result<(), edgepool::Error> {
+    /// let origin = edgepool::Origin::parse("http://127.0.0.1:8080")?;
+    /// let lease = pool.checkout(&origin).await?;
+    /// println!("connection {} reused: {}", lease.id(), lease.reused());
+    /// lease.release();
+    /// # Ok(()) }
+    /// ```
+    pub async fn checkout(&self, origin: &Origin) -> Result<Lease<T>, Error> {
+        let shard = self.shard(origin)?;
+        shard
+            .checkout(tokio::time::Instant::now() + self.inner.checkout_timeout)
+            .await
     }
 
     /// The shard of an origin, created on first use.
@@ -170,7 +191,11 @@ impl<T: Transport> Pool<T> {
         if let Some(shard) = read(&self.inner.shards).get(origin) {
             return Ok(Arc::clone(shard));
         }
-        if self.inner.shut_down.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .inner
+            .shut_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(Error::Shutdown {
                 reason: "the pool is shut down",
             });
@@ -209,7 +234,9 @@ impl<T: Transport> Pool<T> {
     /// ones close when their response ends, and new requests are refused
     /// with [`Error::Shutdown`].
     pub fn shutdown(&self) {
-        self.inner.shut_down.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .shut_down
+            .store(true, std::sync::atomic::Ordering::Release);
         let shards: Vec<Arc<Shard<T>>> = read(&self.inner.shards).values().cloned().collect();
         for shard in shards {
             shard.shutdown();
@@ -228,16 +255,6 @@ impl<T: Transport> std::fmt::Debug for Pool<T> {
             .field("origins", &read(&self.inner.shards).len())
             .finish()
     }
-}
-
-/// Whether a response's `Connection` header says the connection closes after it.
-fn says_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 fn absolute_uri(origin: &Origin, uri: &Uri) -> Result<Uri, Error> {
@@ -270,16 +287,6 @@ fn lock<V>(l: &Mutex<V>) -> std::sync::MutexGuard<'_, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_close_is_found_among_tokens() {
-        let mut h = http::HeaderMap::new();
-        assert!(!says_close(&h));
-        h.insert(http::header::CONNECTION, "keep-alive, Close".parse().unwrap());
-        assert!(says_close(&h));
-        h.insert(http::header::CONNECTION, "closed".parse().unwrap());
-        assert!(!says_close(&h));
-    }
 
     #[test]
     fn relative_uri_is_made_absolute_for_the_origin() {

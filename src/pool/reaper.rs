@@ -20,7 +20,10 @@ pub(crate) async fn run<T: Transport>(pool: Weak<PoolInner<T>>, mut stop: onesho
         let next = pass(&inner);
         // A connection that goes idle after this pass expires no sooner than
         // now + idle_timeout, so sleeping at most that long misses nothing.
-        let cap = inner.core_config.idle_timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+        let cap = inner
+            .core_config
+            .idle_timeout
+            .map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
         drop(inner);
         let now = tokio::time::Instant::now();
         let wake = next

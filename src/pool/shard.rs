@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::core::{Action, CloseReason, ConnId, CoreConfig, Grant, OriginPool, RejectReason, WaitFailure, WaiterId};
+use crate::core::{
+    Action, CloseReason, ConnId, CoreConfig, Grant, OriginPool, RejectReason, WaitFailure, WaiterId,
+};
 use crate::transport::{ConnEvent, ConnEvents, ConnState, Connection, Transport};
 use crate::{Error, Origin};
 
@@ -35,7 +37,12 @@ pub(crate) struct Shard<T: Transport> {
 }
 
 impl<T: Transport> Shard<T> {
-    pub(crate) fn new(origin: Origin, config: CoreConfig, transport: Arc<T>, connect_timeout: Duration) -> Result<Self, Error> {
+    pub(crate) fn new(
+        origin: Origin,
+        config: CoreConfig,
+        transport: Arc<T>,
+        connect_timeout: Duration,
+    ) -> Result<Self, Error> {
         Ok(Shard {
             origin,
             core: Mutex::new(OriginPool::new(config)?),
@@ -84,7 +91,11 @@ impl<T: Transport> Shard<T> {
                     Action::Fail { waiter, reason } => {
                         let _ = waiter.send(Err(self.wait_error(reason, connect_error)));
                     }
-                    Action::Close { conn, reason, handle } => {
+                    Action::Close {
+                        conn,
+                        reason,
+                        handle,
+                    } => {
                         tracing::debug!(origin = %self.origin, %conn, reason = reason.as_str(), "closing connection");
                         closed.extend(handle);
                     }
@@ -133,7 +144,8 @@ impl<T: Transport> Shard<T> {
                     let slots = conn.slots();
                     let conn = Arc::new(conn);
                     tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
-                    let rejected = shard.with_core(None, |core, now| core.connected(id, now, slots, conn).err());
+                    let rejected = shard
+                        .with_core(None, |core, now| core.connected(id, now, slots, conn).err());
                     drop(rejected); // abandoned meanwhile (pool shut down): close it
                 }
                 Err(error) => {
@@ -164,7 +176,10 @@ impl<T: Transport> Shard<T> {
     /// of lending is reported to the core and skipped, so a connection whose
     /// peer closed it is never lent, even if its close event is still on
     /// its way.
-    pub(crate) async fn checkout(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Lease<T>, Error> {
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease<T>, Error> {
         loop {
             let (grant, conn) = self.checkout_once(deadline).await?;
             match conn.state() {
@@ -190,7 +205,10 @@ impl<T: Transport> Shard<T> {
         }
     }
 
-    async fn checkout_once(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+    async fn checkout_once(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Grant, Arc<T::Conn>), Error> {
         let (tx, rx) = oneshot::channel();
         let queued = self.with_core(None, |core, now| {
             if let Some(grant) = core.try_checkout(now) {
@@ -228,14 +246,11 @@ impl<T: Transport> Shard<T> {
         guard.wait(deadline).await
     }
 
-    /// Returns a slot; see [`OriginPool::release`].
-    fn release(self: &Arc<Self>, conn: ConnId, reusable: bool) {
-        self.with_core(None, |core, now| core.release(conn, now, reusable));
-    }
-
     /// Reports a connection found closed when a request was about to use it.
     pub(crate) fn report_closed(self: &Arc<Self>, conn: ConnId) {
-        self.with_core(None, |core, now| core.close(conn, now, CloseReason::PeerClosed));
+        self.with_core(None, |core, now| {
+            core.close(conn, now, CloseReason::PeerClosed)
+        });
     }
 
     pub(crate) fn record_retry(self: &Arc<Self>) {
@@ -274,9 +289,14 @@ struct WaitGuard<T: Transport> {
 }
 
 impl<T: Transport> WaitGuard<T> {
-    async fn wait(&mut self, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+    async fn wait(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Grant, Arc<T::Conn>), Error> {
         let Some(rx) = self.rx.as_mut() else {
-            return Err(Error::Shutdown { reason: "waiter polled twice" });
+            return Err(Error::Shutdown {
+                reason: "waiter polled twice",
+            });
         };
         let served = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(served)) => served,
@@ -321,12 +341,19 @@ impl<T: Transport> Drop for WaitGuard<T> {
     }
 }
 
-/// One slot on one connection, held by one request. Released when dropped;
-/// whether the connection may be reused then depends on how the request ended.
-pub(crate) struct Lease<T: Transport> {
+/// One slot on one connection, lent to one request: what
+/// [`Pool::checkout`](crate::Pool::checkout) returns, and what a pooled
+/// response body holds until it ends.
+///
+/// Give it back with [`release`](Lease::release) when the connection is fit
+/// for another request, or [`discard`](Lease::discard) when it is not.
+/// Dropped without either, it is treated as abandoned mid-request: an
+/// HTTP/1.1 connection is then closed (half a response may still be on the
+/// wire), a multiplexed one keeps serving.
+pub struct Lease<T: Transport> {
     shard: Arc<Shard<T>>,
-    pub(crate) conn: Arc<T::Conn>,
-    pub(crate) grant: Grant,
+    conn: Arc<T::Conn>,
+    grant: Grant,
     released: bool,
 }
 
@@ -335,25 +362,97 @@ impl<T: Transport> Lease<T> {
         &self.shard
     }
 
-    /// Returns the slot now. `reusable` false closes the connection.
-    pub(crate) fn release(mut self, reusable: bool) {
-        self.release_once(reusable);
+    pub(crate) fn grant(&self) -> Grant {
+        self.grant
     }
 
-    fn release_once(&mut self, reusable: bool) {
-        if !self.released {
-            self.released = true;
-            self.shard.release(self.grant.conn, reusable);
+    /// The connection this slot is on.
+    pub fn connection(&self) -> &T::Conn {
+        &self.conn
+    }
+
+    /// A shared handle to the connection (for sending while the lease is
+    /// moved into a response body).
+    pub(crate) fn connection_arc(&self) -> Arc<T::Conn> {
+        Arc::clone(&self.conn)
+    }
+
+    /// The connection's id, unique within its origin.
+    pub fn id(&self) -> u64 {
+        self.grant.conn.as_u64()
+    }
+
+    /// Whether the connection had carried a request before this lease.
+    pub fn reused(&self) -> bool {
+        self.grant.reused
+    }
+
+    /// How long the connection sat idle before this lease (zero if busy or new).
+    pub fn idle_for(&self) -> Duration {
+        self.grant.idle_for
+    }
+
+    /// Which connection this is, as a response extension carries it.
+    pub fn info(&self) -> crate::ConnectionInfo {
+        crate::ConnectionInfo {
+            id: self.id(),
+            origin: self.shard.origin.clone(),
+            protocol: self.conn.protocol(),
+            reused: self.grant.reused,
+            idle_for: self.grant.idle_for,
         }
+    }
+
+    /// Returns the slot after a request that ended cleanly. The connection
+    /// is lent again if it is still ready; if it has started draining (GOAWAY,
+    /// `Connection: close`) it finishes its other leases and closes; if it
+    /// has closed, it is forgotten.
+    pub fn release(mut self) {
+        self.finish(true);
+    }
+
+    /// Returns the slot and closes the connection: a request on it failed in
+    /// a way that leaves it unfit for another.
+    pub fn discard(mut self) {
+        self.finish(false);
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let id = self.grant.conn;
+        let state = if ok {
+            self.conn.state()
+        } else {
+            ConnState::Closed
+        };
+        self.shard.with_core(None, |core, now| {
+            match state {
+                ConnState::Ready => {}
+                ConnState::Draining => core.drain(id, now),
+                ConnState::Closed if ok => core.close(id, now, CloseReason::PeerClosed),
+                ConnState::Closed => {}
+            }
+            core.release(id, now, ok);
+        });
     }
 }
 
 impl<T: Transport> Drop for Lease<T> {
-    /// Dropped without an explicit release: the response was abandoned
-    /// before its end. Whether that spoils the connection is the protocol's
-    /// call (HTTP/1.1 yes, multiplexed protocols no).
     fn drop(&mut self) {
         let reusable = self.conn.reusable_after_abandoned_body();
-        self.release_once(reusable);
+        self.finish(reusable);
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Lease<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("origin", &self.shard.origin)
+            .field("conn", &self.grant.conn)
+            .field("reused", &self.grant.reused)
+            .finish()
     }
 }

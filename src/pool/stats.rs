@@ -27,7 +27,10 @@ pub struct OriginStats {
 impl PoolStats {
     /// The row of one origin, if it is tracked.
     pub fn origin(&self, origin: &Origin) -> Option<&Stats> {
-        self.origins.iter().find(|o| &o.origin == origin).map(|o| &o.stats)
+        self.origins
+            .iter()
+            .find(|o| &o.origin == origin)
+            .map(|o| &o.stats)
     }
 }
 

@@ -15,12 +15,12 @@ use http::{Request, Response};
 
 use crate::{BoxError, Error};
 
-pub mod origin;
-#[cfg(feature = "tls")]
-pub mod tls;
 #[cfg(feature = "http1")]
 pub mod http1;
+pub mod origin;
 pub(crate) mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use origin::{Origin, Scheme};
 

@@ -96,7 +96,12 @@ impl Origin {
             Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
             Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
             Some(_) => return Err(invalid(&text(), "scheme must be http or https")),
-            None => return Err(invalid(&text(), "missing scheme (expected http:// or https://)")),
+            None => {
+                return Err(invalid(
+                    &text(),
+                    "missing scheme (expected http:// or https://)",
+                ));
+            }
         };
         let authority = uri
             .authority()
@@ -139,7 +144,11 @@ impl Origin {
     /// never share a connection.
     pub fn with_sni(&self, name: &str) -> Result<Origin, Error> {
         if name.is_empty() || name.contains(['/', ' ', '@']) {
-            return Err(Error::config("sni", name, "not a valid DNS name or IP address"));
+            return Err(Error::config(
+                "sni",
+                name,
+                "not a valid DNS name or IP address",
+            ));
         }
         Ok(self.rebuild(|inner| inner.sni = Some(name.to_ascii_lowercase().into())))
     }
@@ -192,7 +201,10 @@ impl Origin {
 
     /// The TLS server name: the SNI override if set, else the host.
     pub fn server_name(&self) -> &str {
-        self.inner.sni.as_deref().unwrap_or_else(|| self.connect_host())
+        self.inner
+            .sni
+            .as_deref()
+            .unwrap_or_else(|| self.connect_host())
     }
 
     /// The origin's own TLS configuration, if one was set with [`Origin::with_tls`].
@@ -313,8 +325,14 @@ mod tests {
         assert_eq!(reason("ftp://x"), "scheme must be http or https");
         assert_eq!(reason("http://"), "not a valid URI");
         assert_eq!(reason("http://x:0"), "port 0 is not a valid port");
-        assert_eq!(reason("example.com"), "missing scheme (expected http:// or https://)");
-        assert_eq!(reason("http://u:p@x"), "user info is not allowed in an origin");
+        assert_eq!(
+            reason("example.com"),
+            "missing scheme (expected http:// or https://)"
+        );
+        assert_eq!(
+            reason("http://u:p@x"),
+            "user info is not allowed in an origin"
+        );
         assert_eq!(reason("http://x/path"), "an origin has no path or query");
         assert_eq!(reason("http://x:"), "empty port");
     }
