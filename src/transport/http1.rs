@@ -17,7 +17,8 @@ use http::{Request, Response, Uri, Version};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::stream::{MaybeTlsStream, connect_tcp};
+use super::connector::{Connector, TcpConnector};
+use super::stream::MaybeTlsStream;
 #[cfg(feature = "tls")]
 use super::tls::{Alpn, TlsConfig};
 use super::{
@@ -45,7 +46,8 @@ const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 /// Response heads are bounded so a broken or hostile origin cannot make the
 /// proxy buffer without limit: by default at most 64 KiB and 100 headers.
 #[derive(Clone, Debug)]
-pub struct Http1 {
+pub struct Http1<C = TcpConnector> {
+    connector: C,
     max_response_header_bytes: usize,
     max_headers: usize,
     #[cfg(feature = "tls")]
@@ -56,11 +58,12 @@ pub struct Http1 {
     default_tls: Arc<OnceLock<Result<TlsConfig, Error>>>,
 }
 
-impl Http1 {
+impl Http1<TcpConnector> {
     /// A transport that verifies `https://` origins against the webpki roots,
     /// unless an origin carries its own configuration ([`Origin::with_tls`]).
     pub fn new() -> Self {
         Http1 {
+            connector: TcpConnector::new(),
             max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             #[cfg(feature = "tls")]
@@ -78,6 +81,22 @@ impl Http1 {
         Http1 {
             tls: Some(tls),
             ..Http1::new()
+        }
+    }
+}
+
+impl<C: Connector> Http1<C> {
+    /// The same transport over another connector (your own DNS, a Unix
+    /// socket, a proxy hop, or [`TcpConnector`] wrapped in tower middleware).
+    pub fn with_connector<C2: Connector>(self, connector: C2) -> Http1<C2> {
+        Http1 {
+            connector,
+            max_response_header_bytes: self.max_response_header_bytes,
+            max_headers: self.max_headers,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            #[cfg(feature = "tls")]
+            default_tls: self.default_tls,
         }
     }
 
@@ -138,13 +157,13 @@ impl Http1 {
             .clone()
     }
 
-    async fn open_stream(&self, origin: &Origin) -> Result<MaybeTlsStream, Error> {
+    async fn open_stream(&self, origin: &Origin) -> Result<MaybeTlsStream<C::Io>, Error> {
         match origin.scheme() {
-            Scheme::Http => Ok(MaybeTlsStream::Plain(connect_tcp(origin).await?)),
+            Scheme::Http => Ok(MaybeTlsStream::Plain(self.connector.connect(origin).await?)),
             #[cfg(feature = "tls")]
             Scheme::Https => {
                 let tls = self.tls_for(origin)?;
-                let tcp = connect_tcp(origin).await?;
+                let tcp = self.connector.connect(origin).await?;
                 let (stream, _alpn) = tls.connect(tcp, origin, Alpn::Http1).await?;
                 // rustls refuses a server-selected protocol we did not offer,
                 // so the connection speaks HTTP/1.1 whether or not ALPN ran.
@@ -165,7 +184,7 @@ impl Default for Http1 {
     }
 }
 
-impl Transport for Http1 {
+impl<C: Connector> Transport for Http1<C> {
     type Conn = Http1Connection;
 
     async fn connect(&self, origin: &Origin, events: ConnEvents) -> Result<Http1Connection, Error> {
@@ -174,11 +193,6 @@ impl Transport for Http1 {
             reason: "no tokio runtime is running",
         })?;
         let stream = self.open_stream(origin).await?;
-        let local_addr = match &stream {
-            MaybeTlsStream::Plain(s) => s.local_addr().ok(),
-            #[cfg(feature = "tls")]
-            MaybeTlsStream::Tls(s) => s.get_ref().0.local_addr().ok(),
-        };
         let (sender, conn) = self
             .hyper_builder()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
@@ -194,14 +208,14 @@ impl Transport for Http1 {
         let task_origin = origin.clone();
         runtime.spawn(async move {
             match conn.await {
-                Ok(()) => tracing::debug!(origin = %task_origin, ?local_addr, "HTTP/1.1 connection closed"),
+                Ok(()) => tracing::debug!(origin = %task_origin, "HTTP/1.1 connection closed"),
                 Err(error) => {
-                    tracing::debug!(origin = %task_origin, ?local_addr, %error, "HTTP/1.1 connection failed")
+                    tracing::debug!(origin = %task_origin, %error, "HTTP/1.1 connection failed")
                 }
             }
             task_lifecycle.to_closed();
         });
-        tracing::debug!(%origin, ?local_addr, "HTTP/1.1 connection open");
+        tracing::debug!(%origin, "HTTP/1.1 connection open");
 
         Ok(Http1Connection {
             origin: origin.clone(),

@@ -15,6 +15,7 @@ use http::{Request, Response};
 
 use crate::{BoxError, Error};
 
+pub mod connector;
 #[cfg(feature = "http1")]
 pub mod http1;
 pub mod origin;

@@ -1,5 +1,6 @@
-//! A TCP or TLS byte stream, so a transport drives one type whatever the scheme.
-// Only the HTTP/1.1 transport uses this today; without it the items are idle.
+//! A plaintext or TLS byte stream over any connector's stream, so a
+//! transport drives one type whatever the scheme.
+// Only the HTTP transports use this; without them the items are idle.
 #![cfg_attr(not(feature = "http1"), allow(dead_code))]
 
 use std::io;
@@ -7,36 +8,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
-use crate::{Error, Origin};
 
 /// A connected stream, plaintext or TLS. An enum rather than a boxed trait
 /// object so the hot read/write path stays a direct call.
 #[derive(Debug)]
-pub enum MaybeTlsStream {
-    /// Plain TCP (`http://` origins).
-    Plain(TcpStream),
-    /// TLS over TCP (`https://` origins). Boxed: the TLS state is large and
-    /// would otherwise make every plaintext stream as big.
+pub enum MaybeTlsStream<IO> {
+    /// The connector's stream as it is (`http://` origins).
+    Plain(IO),
+    /// TLS over the connector's stream (`https://` origins). Boxed: the TLS
+    /// state is large and would otherwise make every plaintext stream as big.
     #[cfg(feature = "tls")]
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<IO>>),
 }
 
-/// Opens a TCP connection to the origin with Nagle's algorithm off, since
-/// request heads are small writes that must not wait for an ACK. Connect
-/// timeouts are the pool's job, not this function's.
-pub async fn connect_tcp(origin: &Origin) -> Result<TcpStream, Error> {
-    let stream = TcpStream::connect((origin.connect_host(), origin.port()))
-        .await
-        .map_err(|e| Error::connect(origin, e))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| Error::connect(origin, e))?;
-    Ok(stream)
-}
-
-impl AsyncRead for MaybeTlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTlsStream<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -50,7 +35,7 @@ impl AsyncRead for MaybeTlsStream {
     }
 }
 
-impl AsyncWrite for MaybeTlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -97,48 +82,5 @@ impl AsyncWrite for MaybeTlsStream {
             #[cfg(feature = "tls")]
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn plain_stream_round_trips_and_sets_nodelay() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let echo = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).await.expect("read");
-            s.write_all(&buf).await.expect("write");
-        });
-        let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).expect("origin");
-        let tcp = connect_tcp(&origin).await.expect("connect");
-        assert!(tcp.nodelay().expect("nodelay"));
-        let mut stream = MaybeTlsStream::Plain(tcp);
-        stream.write_all(b"ping").await.expect("write");
-        let mut buf = [0u8; 4];
-        stream.read_exact(&mut buf).await.expect("read");
-        assert_eq!(&buf, b"ping");
-        echo.await.expect("echo task");
-    }
-
-    #[tokio::test]
-    async fn refused_connect_is_a_connect_error() {
-        // Bind then drop, so the port is very likely closed.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).expect("origin");
-        let err = connect_tcp(&origin).await.expect_err("refused");
-        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
-        assert!(err.to_string().contains(&port.to_string()));
     }
 }
