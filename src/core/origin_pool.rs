@@ -434,6 +434,13 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
+    /// Whether a request that finds no free slot would be queued rather than
+    /// refused for a full queue. (A request that finds a free slot never
+    /// queues, so this is the conservative answer to "would it be refused?".)
+    pub fn has_room(&self) -> bool {
+        self.waiters.len() < self.config.max_pending
+    }
+
     /// Whether [`shutdown`](OriginPool::shutdown) was called.
     pub fn is_shut_down(&self) -> bool {
         self.shut_down

@@ -186,6 +186,25 @@ impl<T: Transport> Pool<T> {
             .await
     }
 
+    /// Backpressure for `origin`: Ready while a request to it would not be
+    /// refused with [`Error::PendingOverflow`]; Pending (and woken when the
+    /// queue has room) while its pending queue is full. Errors once the pool
+    /// is shut down.
+    ///
+    /// Race window: readiness is a moment's truth. Between Ready and the
+    /// request, other tasks may fill the queue; the request then fails with
+    /// `PendingOverflow` rather than waiting, exactly as without this check.
+    pub fn poll_ready_for(
+        &self,
+        origin: &Origin,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        match self.shard(origin) {
+            Ok(shard) => shard.poll_room(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
     /// The shard of an origin, created on first use.
     fn shard(&self, origin: &Origin) -> Result<Arc<Shard<T>>, Error> {
         if let Some(shard) = read(&self.inner.shards).get(origin) {

@@ -9,6 +9,7 @@
 //! event cannot deadlock on this mutex.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -31,9 +32,18 @@ pub(crate) fn now() -> Instant {
 
 pub(crate) struct Shard<T: Transport> {
     pub(crate) origin: Origin,
-    core: Mutex<Core<T::Conn>>,
+    locked: Mutex<Locked<T::Conn>>,
     transport: Arc<T>,
     connect_timeout: Duration,
+}
+
+/// What the shard's mutex guards.
+struct Locked<C> {
+    core: Core<C>,
+    /// Tasks waiting for the pending queue to have room (tower's poll_ready).
+    /// Under the same lock as the core, so a task cannot register just after
+    /// the queue drained and miss its wake-up.
+    room_wakers: Vec<Waker>,
 }
 
 impl<T: Transport> Shard<T> {
@@ -45,7 +55,10 @@ impl<T: Transport> Shard<T> {
     ) -> Result<Self, Error> {
         Ok(Shard {
             origin,
-            core: Mutex::new(OriginPool::new(config)?),
+            locked: Mutex::new(Locked {
+                core: OriginPool::new(config)?,
+                room_wakers: Vec::new(),
+            }),
             transport,
             connect_timeout,
         })
@@ -54,8 +67,8 @@ impl<T: Transport> Shard<T> {
     /// Locks the core. A panic while the lock was held cannot leave the core
     /// half-updated in a way later calls rely on (each call re-checks its
     /// ids), so a poisoned lock is taken over rather than spread.
-    fn lock(&self) -> MutexGuard<'_, Core<T::Conn>> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Locked<T::Conn>> {
+        self.locked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the core, then carries out the actions it queued. Handles
@@ -68,9 +81,10 @@ impl<T: Transport> Shard<T> {
     ) -> R {
         let mut closed: Vec<Arc<T::Conn>> = Vec::new();
         let result = {
-            let mut core = self.lock();
+            let mut locked = self.lock();
+            let Locked { core, room_wakers } = &mut *locked;
             let now = now();
-            let result = f(&mut core, now);
+            let result = f(core, now);
             while let Some(action) = core.poll_action() {
                 match action {
                     Action::Connect(id) => self.spawn_connect(id),
@@ -100,6 +114,9 @@ impl<T: Transport> Shard<T> {
                         closed.extend(handle);
                     }
                 }
+            }
+            if !room_wakers.is_empty() && core.has_room() {
+                room_wakers.drain(..).for_each(Waker::wake);
             }
             result
         };
@@ -226,7 +243,7 @@ impl<T: Transport> Shard<T> {
             }
             Ok(Ok(waiter)) => waiter,
             Err(rejected) => {
-                let max_pending = self.lock().config().max_pending;
+                let max_pending = self.lock().core.config().max_pending;
                 return Err(match rejected.reason {
                     RejectReason::Overflow => Error::PendingOverflow {
                         origin: self.origin.to_string(),
@@ -270,12 +287,30 @@ impl<T: Transport> Shard<T> {
     }
 
     pub(crate) fn stats(&self) -> crate::core::Stats {
-        self.lock().stats()
+        self.lock().core.stats()
     }
 
     /// True when the origin has nothing open, leased, connecting or waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().core.is_empty()
+    }
+
+    /// Ready while a new request would not be refused for a full pending
+    /// queue; otherwise registers `cx` to be woken when the queue has room.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut locked = self.lock();
+        if locked.core.is_shut_down() {
+            return Poll::Ready(Err(Error::Shutdown {
+                reason: "the pool is shut down",
+            }));
+        }
+        if locked.core.has_room() {
+            return Poll::Ready(Ok(()));
+        }
+        if !locked.room_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            locked.room_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
