@@ -222,42 +222,40 @@ impl<T: Transport> Shard<T> {
         }
     }
 
-    async fn checkout_once(
-        self: &Arc<Self>,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Grant, Arc<T::Conn>), Error> {
-        let (tx, rx) = oneshot::channel();
-        let queued = self.with_core(None, |core, now| {
+    async fn checkout_once(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+        // The fast path (a free slot) allocates nothing: the channel a
+        // waiter needs is made only once it is clear the request must wait.
+        let attempt = self.with_core(None, |core, now| {
             if let Some(grant) = core.try_checkout(now) {
-                let conn = core.conn(grant.conn).cloned();
-                return Ok(Err((grant, conn)));
+                return match core.conn(grant.conn) {
+                    Some(conn) => Checkout::Granted(grant, Arc::clone(conn)),
+                    None => Checkout::Rejected(RejectReason::Shutdown),
+                };
             }
-            core.enqueue(now, deadline.into_std(), tx).map(Ok)
+            let (tx, rx) = oneshot::channel();
+            match core.enqueue(now, deadline.into_std(), tx) {
+                Ok(id) => Checkout::Queued(id, rx),
+                Err(rejected) => Checkout::Rejected(rejected.reason),
+            }
         });
-        let waiter = match queued {
-            Ok(Err((grant, Some(conn)))) => return Ok((grant, conn)),
-            Ok(Err((_, None))) => {
-                return Err(Error::Shutdown {
-                    reason: "connection vanished while being lent",
+        let (id, rx) = match attempt {
+            Checkout::Granted(grant, conn) => return Ok((grant, conn)),
+            Checkout::Queued(id, rx) => (id, rx),
+            Checkout::Rejected(RejectReason::Overflow) => {
+                return Err(Error::PendingOverflow {
+                    origin: self.origin.to_string(),
+                    max_pending: self.lock().core.config().max_pending,
                 });
             }
-            Ok(Ok(waiter)) => waiter,
-            Err(rejected) => {
-                let max_pending = self.lock().core.config().max_pending;
-                return Err(match rejected.reason {
-                    RejectReason::Overflow => Error::PendingOverflow {
-                        origin: self.origin.to_string(),
-                        max_pending,
-                    },
-                    _ => Error::Shutdown {
-                        reason: "the pool is shut down",
-                    },
+            Checkout::Rejected(_) => {
+                return Err(Error::Shutdown {
+                    reason: "the pool is shut down",
                 });
             }
         };
         let mut guard = WaitGuard {
             shard: Arc::clone(self),
-            id: waiter,
+            id,
             rx: Some(rx),
         };
         guard.wait(deadline).await
@@ -312,6 +310,13 @@ impl<T: Transport> Shard<T> {
         }
         Poll::Pending
     }
+}
+
+/// What one locked checkout attempt came to.
+enum Checkout<C> {
+    Granted(Grant, Arc<C>),
+    Queued(WaiterId, oneshot::Receiver<Served<C>>),
+    Rejected(RejectReason),
 }
 
 /// A request waiting in the core's queue. Dropping it (the request's future
