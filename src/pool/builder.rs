@@ -131,7 +131,7 @@ impl<T: Transport> PoolBuilder<T> {
             core_config: self.core,
             checkout_timeout: self.checkout_timeout,
             connect_timeout: self.connect_timeout,
-            shards: RwLock::new(HashMap::new()),
+            shards: RwLock::new(HashMap::default()),
             retired: Mutex::new(Stats::default()),
             shut_down: AtomicBool::new(false),
             _reaper_stop: stop_tx,

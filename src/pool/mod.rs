@@ -7,6 +7,7 @@ mod shard;
 mod stats;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -23,6 +24,31 @@ use crate::core::{CoreConfig, Stats};
 use crate::transport::{Connection, RequestBody, SendError, Transport};
 use crate::{BoxError, Error, Origin};
 use shard::Shard;
+
+/// Origin → shard. `Origin` hashes to its precomputed keyed hash, so the map
+/// passes that through instead of hashing it again.
+pub(crate) type ShardMap<T> = HashMap<Origin, Arc<Shard<T>>, BuildHasherDefault<PrehashedOrigin>>;
+
+/// A hasher that takes the one `u64` an [`Origin`] writes as the hash.
+#[derive(Default)]
+pub(crate) struct PrehashedOrigin(u64);
+
+impl Hasher for PrehashedOrigin {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than an Origin is hashed with it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// How often a request whose connection turned out closed before anything
 /// was sent is moved to another connection before giving up.
@@ -61,7 +87,7 @@ pub(crate) struct PoolInner<T: Transport> {
     core_config: CoreConfig,
     checkout_timeout: Duration,
     connect_timeout: Duration,
-    shards: RwLock<HashMap<Origin, Arc<Shard<T>>>>,
+    shards: RwLock<ShardMap<T>>,
     /// Counters of origins whose idle entries were removed, so totals never
     /// go backwards.
     retired: Mutex<Stats>,
@@ -129,11 +155,11 @@ impl<T: Transport> Pool<T> {
         B::Error: Into<BoxError>,
     {
         let shard = self.shard(&origin)?;
-        let deadline = tokio::time::Instant::now() + self.inner.checkout_timeout;
+        let mut deadline = shard::Deadline::after(self.inner.checkout_timeout);
         let mut request = request.map(|b| RequestBody::new(b.map_err(Into::into)));
         let mut attempt = 0;
         loop {
-            let lease = shard.checkout(deadline).await?;
+            let lease = shard.checkout(&mut deadline).await?;
             let conn = lease.connection_arc();
             let grant = lease.grant();
             match conn.send(request).await {
@@ -182,7 +208,7 @@ impl<T: Transport> Pool<T> {
     pub async fn checkout(&self, origin: &Origin) -> Result<Lease<T>, Error> {
         let shard = self.shard(origin)?;
         shard
-            .checkout(tokio::time::Instant::now() + self.inner.checkout_timeout)
+            .checkout(&mut shard::Deadline::after(self.inner.checkout_timeout))
             .await
     }
 

@@ -21,9 +21,26 @@ use crate::transport::{ConnEvent, ConnEvents, ConnState, Connection, Transport};
 use crate::{Error, Origin};
 
 /// What a waiting request receives: its slot and the connection, or why not.
-pub(crate) type Served<C> = Result<(Grant, Arc<C>), Error>;
+pub(crate) type Served<C> = Result<(Grant, ConnRef<C>), Error>;
+
+/// A pooled connection, shared by the pool and the leases on it.
+pub(crate) type ConnRef<C> = Arc<CacheLine<C>>;
+
+/// Gives each connection's reference count a cache line of its own: every
+/// checkout and release touches it, and with small connection types two
+/// connections' counts shared a line, so two workers using two different
+/// connections still invalidated each other's caches.
+#[repr(align(64))]
+pub(crate) struct CacheLine<C>(C);
+
+impl<C> std::ops::Deref for CacheLine<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
 type WaiterTx<C> = oneshot::Sender<Served<C>>;
-type Core<C> = OriginPool<Arc<C>, WaiterTx<C>>;
+type Core<C> = OriginPool<ConnRef<C>, WaiterTx<C>>;
 
 /// The pool's clock. tokio's, so tests with paused time drive the core too.
 pub(crate) fn now() -> Instant {
@@ -79,11 +96,15 @@ impl<T: Transport> Shard<T> {
         connect_error: Option<&Error>,
         f: impl FnOnce(&mut Core<T::Conn>, Instant) -> R,
     ) -> R {
-        let mut closed: Vec<Arc<T::Conn>> = Vec::new();
+        let mut closed: Vec<ConnRef<T::Conn>> = Vec::new();
+        // The clock is read before locking, to keep the critical section short.
+        // Two threads may then enter with their instants in the other order;
+        // the core only ever compares instants with saturating arithmetic,
+        // so a microsecond of disorder shifts an idle deadline by as much.
+        let now = now();
         let result = {
             let mut locked = self.lock();
             let Locked { core, room_wakers } = &mut *locked;
-            let now = now();
             let result = f(core, now);
             while let Some(action) = core.poll_action() {
                 match action {
@@ -159,7 +180,7 @@ impl<T: Transport> Shard<T> {
             match result {
                 Ok(conn) => {
                     let slots = conn.slots();
-                    let conn = Arc::new(conn);
+                    let conn = Arc::new(CacheLine(conn));
                     tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
                     let rejected = shard
                         .with_core(None, |core, now| core.connected(id, now, slots, conn).err());
@@ -195,7 +216,7 @@ impl<T: Transport> Shard<T> {
     /// its way.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
-        deadline: tokio::time::Instant,
+        deadline: &mut Deadline,
     ) -> Result<Lease<T>, Error> {
         loop {
             let (grant, conn) = self.checkout_once(deadline).await?;
@@ -222,7 +243,10 @@ impl<T: Transport> Shard<T> {
         }
     }
 
-    async fn checkout_once(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<(Grant, Arc<T::Conn>), Error> {
+    async fn checkout_once(
+        self: &Arc<Self>,
+        deadline: &mut Deadline,
+    ) -> Result<(Grant, ConnRef<T::Conn>), Error> {
         // The fast path (a free slot) allocates nothing: the channel a
         // waiter needs is made only once it is clear the request must wait.
         let attempt = self.with_core(None, |core, now| {
@@ -233,14 +257,15 @@ impl<T: Transport> Shard<T> {
                 };
             }
             let (tx, rx) = oneshot::channel();
-            match core.enqueue(now, deadline.into_std(), tx) {
-                Ok(id) => Checkout::Queued(id, rx),
+            let at = deadline.at(now);
+            match core.enqueue(now, at, tx) {
+                Ok(id) => Checkout::Queued(id, rx, at),
                 Err(rejected) => Checkout::Rejected(rejected.reason),
             }
         });
-        let (id, rx) = match attempt {
+        let (id, rx, at) = match attempt {
             Checkout::Granted(grant, conn) => return Ok((grant, conn)),
-            Checkout::Queued(id, rx) => (id, rx),
+            Checkout::Queued(id, rx, at) => (id, rx, at),
             Checkout::Rejected(RejectReason::Overflow) => {
                 return Err(Error::PendingOverflow {
                     origin: self.origin.to_string(),
@@ -258,7 +283,7 @@ impl<T: Transport> Shard<T> {
             id,
             rx: Some(rx),
         };
-        guard.wait(deadline).await
+        guard.wait(tokio::time::Instant::from_std(at)).await
     }
 
     /// Reports a connection found closed when a request was about to use it.
@@ -312,10 +337,29 @@ impl<T: Transport> Shard<T> {
     }
 }
 
+/// When a request stops waiting for a slot. Fixed at its first wait (so a
+/// request that skips a dead connection and waits again keeps its
+/// deadline), and never computed on the fast path, which needs no clock
+/// beyond the one the core reads.
+pub(crate) struct Deadline {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Deadline { timeout, at: None }
+    }
+
+    fn at(&mut self, now: Instant) -> Instant {
+        *self.at.get_or_insert(now + self.timeout)
+    }
+}
+
 /// What one locked checkout attempt came to.
 enum Checkout<C> {
-    Granted(Grant, Arc<C>),
-    Queued(WaiterId, oneshot::Receiver<Served<C>>),
+    Granted(Grant, ConnRef<C>),
+    Queued(WaiterId, oneshot::Receiver<Served<C>>, Instant),
     Rejected(RejectReason),
 }
 
@@ -332,7 +376,7 @@ impl<T: Transport> WaitGuard<T> {
     async fn wait(
         &mut self,
         deadline: tokio::time::Instant,
-    ) -> Result<(Grant, Arc<T::Conn>), Error> {
+    ) -> Result<(Grant, ConnRef<T::Conn>), Error> {
         let Some(rx) = self.rx.as_mut() else {
             return Err(Error::Shutdown {
                 reason: "waiter polled twice",
@@ -392,7 +436,7 @@ impl<T: Transport> Drop for WaitGuard<T> {
 /// wire), a multiplexed one keeps serving.
 pub struct Lease<T: Transport> {
     shard: Arc<Shard<T>>,
-    conn: Arc<T::Conn>,
+    conn: ConnRef<T::Conn>,
     grant: Grant,
     released: bool,
 }
@@ -413,7 +457,7 @@ impl<T: Transport> Lease<T> {
 
     /// A shared handle to the connection (for sending while the lease is
     /// moved into a response body).
-    pub(crate) fn connection_arc(&self) -> Arc<T::Conn> {
+    pub(crate) fn connection_arc(&self) -> ConnRef<T::Conn> {
         Arc::clone(&self.conn)
     }
 

@@ -7,7 +7,7 @@
 //! property: a connection verified for one name is never lent for another.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use http::Uri;
@@ -70,6 +70,11 @@ struct OriginInner {
     tls: Option<TlsConfig>,
     /// `scheme://host:port`, made once: it is in every error and log line.
     display: Box<str>,
+    /// The key's hash, made once with a process-wide random key: the pool
+    /// looks an origin up on every request, and hashing the host each time
+    /// cost more than the rest of the lookup. Keyed (SipHash), so origins
+    /// taken from untrusted URIs cannot be chosen to collide.
+    hash: u64,
 }
 
 impl Origin {
@@ -134,8 +139,20 @@ impl Origin {
                 #[cfg(feature = "tls")]
                 tls: None,
                 display: format!("{}://{}:{}", scheme.as_str(), host, port).into(),
+                hash: 0,
             }),
         }
+        .with_hash()
+    }
+
+    fn with_hash(mut self) -> Origin {
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let hash = KEYS.get_or_init(Default::default).hash_one(self.key());
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.hash = hash;
+        }
+        self
     }
 
     /// Returns this origin with a TLS server name other than the host (for
@@ -169,11 +186,13 @@ impl Origin {
             #[cfg(feature = "tls")]
             tls: self.inner.tls.clone(),
             display: self.inner.display.clone(),
+            hash: 0,
         };
         change(&mut inner);
         Origin {
             inner: Arc::new(inner),
         }
+        .with_hash()
     }
 
     /// The scheme.
@@ -262,7 +281,7 @@ impl Eq for Origin {}
 
 impl Hash for Origin {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
+        state.write_u64(self.inner.hash);
     }
 }
 
