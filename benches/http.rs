@@ -1,0 +1,259 @@
+//! Requests per second over loopback against an in-process hyper origin
+//! returning a small body, edgepool against what a Rust user would pick
+//! instead, measured in the same run:
+//!
+//! - HTTP/1.1: edgepool vs hyper-util's legacy `Client` vs raw pre-opened
+//!   hyper connections, one per task, no pool at all (the limit: pool
+//!   overhead = 0);
+//! - TLS: edgepool over TLS vs a new TCP+TLS connection per request (the
+//!   handshake cost a pool exists to remove).
+//!
+//! A reported time is per request, all tasks together: requests/s = 1 / time.
+//! The origin runs on its own single-worker runtime; clients on a 2-worker one.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use edgepool::Pool;
+use edgepool::transport::http1::Http1;
+use edgepool::transport::{ConnEvents, Connection, Transport};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Options, TestOrigin, certs};
+use tokio::runtime::Runtime;
+
+const CONCURRENCY: [usize; 3] = [1, 64, 256];
+
+fn client_runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An origin on a runtime of its own, kept alive as long as the value.
+struct Server {
+    origin: TestOrigin,
+    _rt: Runtime,
+}
+
+fn server(options: Options) -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let origin = rt.block_on(TestOrigin::start(options));
+    Server { origin, _rt: rt }
+}
+
+fn get(uri: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(uri).body(Empty::new()).expect("request")
+}
+
+fn get_uri(uri: &http::Uri) -> http::Request<Empty<Bytes>> {
+    http::Request::get(uri.clone())
+        .body(Empty::new())
+        .expect("request")
+}
+
+type Http1Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn raw_http1_connections(addr: std::net::SocketAddr, n: usize) -> Vec<Http1Sender> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
+    senders
+}
+
+/// Runs `iters` requests over one task per state (a connection, or a handle
+/// to a shared client); each task runs `run(state, n)` for its share.
+/// Returns the wall time, scaled to `iters`.
+async fn spread<S, F, Fut>(iters: u64, states: Vec<S>, run: F) -> Duration
+where
+    S: Send + 'static,
+    F: Fn(S, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks = states.len() as u64;
+    let per_task = iters.div_ceil(tasks).max(1);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for state in states {
+        set.spawn(run(state, per_task));
+    }
+    while set.join_next().await.is_some() {}
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * tasks) as f64)
+}
+
+async fn read_all<B: http_body::Body>(body: B)
+where
+    B::Error: std::fmt::Debug,
+{
+    body.collect().await.expect("body");
+}
+
+fn http1(c: &mut Criterion) {
+    let server = server(Options::plain());
+    let uri: Arc<str> = server.origin.url("/").into();
+    let rt = client_runtime();
+    let mut group = c.benchmark_group("http1");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+    for conc in CONCURRENCY {
+        let pool = rt.block_on(async {
+            Pool::builder(Http1::new())
+                .max_connections_per_origin(conc)
+                .build()
+                .expect("pool")
+        });
+        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(pool.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
+                    for _ in 0..n {
+                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
+                    }
+                }))
+            })
+        });
+
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(conc)
+            .build_http();
+        group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(client.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(client, uri), n| async move {
+                    let uri: http::Uri = uri.parse().expect("uri");
+                    for _ in 0..n {
+                        read_all(
+                            client
+                                .request(get_uri(&uri))
+                                .await
+                                .expect("request")
+                                .into_body(),
+                        )
+                        .await;
+                    }
+                }))
+            })
+        });
+
+        // The limit: `conc` connections opened once, one per task, no pool.
+        let senders = rt.block_on(raw_http1_connections(server.origin.addr, conc));
+        let senders = Arc::new(std::sync::Mutex::new(senders));
+        group.bench_with_input(BenchmarkId::new("raw_connections", conc), &conc, |b, _| {
+            b.iter_custom(|iters| {
+                let states: Vec<_> = std::mem::take(&mut *senders.lock().expect("senders"));
+                let uri = uri.clone();
+                let (elapsed, back) = rt.block_on(async {
+                    let back = Arc::new(std::sync::Mutex::new(Vec::new()));
+                    let elapsed = spread(iters, states, |mut sender: Http1Sender, n| {
+                        let (uri, back) = (uri.clone(), back.clone());
+                        async move {
+                            for _ in 0..n {
+                                sender.ready().await.expect("ready");
+                                let response =
+                                    sender.send_request(get(&uri)).await.expect("request");
+                                read_all(response.into_body()).await;
+                            }
+                            back.lock().expect("back").push(sender);
+                        }
+                    })
+                    .await;
+                    let back = std::mem::take(&mut *back.lock().expect("back"));
+                    (elapsed, back)
+                });
+                *senders.lock().expect("senders") = back;
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+fn tls(c: &mut Criterion) {
+    let server = server(Options::tls());
+    let uri: Arc<str> = server.origin.url("/").into();
+    let rt = client_runtime();
+    let mut group = c.benchmark_group("tls");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+    for conc in [1usize, 64] {
+        let pool = rt.block_on(async {
+            Pool::builder(Http1::with_tls(certs::test_ca_tls()))
+                .max_connections_per_origin(conc)
+                .build()
+                .expect("pool")
+        });
+        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(pool.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
+                    for _ in 0..n {
+                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
+                    }
+                }))
+            })
+        });
+
+        // The seed's case: a new TCP + TLS connection for every request,
+        // with the same transport (and so the same TLS session cache).
+        let transport = Arc::new(Http1::with_tls(certs::test_ca_tls()));
+        let origin = server.origin.origin();
+        group.bench_with_input(
+            BenchmarkId::new("new_connection_per_request", conc),
+            &conc,
+            |b, &conc| {
+                b.iter_custom(|iters| {
+                    let states = vec![(transport.clone(), origin.clone(), uri.clone()); conc];
+                    rt.block_on(spread(
+                        iters,
+                        states,
+                        |(transport, origin, uri), n| async move {
+                            for _ in 0..n {
+                                let conn = transport
+                                    .connect(&origin, ConnEvents::detached())
+                                    .await
+                                    .expect("connect");
+                                let request = get(&uri)
+                                    .map(|b| b.map_err(|never| match never {}).boxed_unsync());
+                                let response = conn
+                                    .send(request)
+                                    .await
+                                    .map_err(|e| e.error)
+                                    .expect("request");
+                                read_all(response.into_body()).await;
+                            }
+                        },
+                    ))
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, http1, tls);
+criterion_main!(benches);
