@@ -1,0 +1,171 @@
+//! Bytes of client memory per idle pooled connection: RSS growth while the
+//! pool holds 1,000 idle connections, divided by 1,000.
+//!
+//! The origin runs in a child process (this same binary with `--serve`), so
+//! its memory is not counted. Kernel socket buffers are not in RSS either;
+//! what is measured is what edgepool, hyper, h2 and rustls keep per
+//! connection in the proxy's own heap.
+//!
+//! Run: `cargo bench --bench memory`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edgepool::transport::Transport;
+use edgepool::transport::http1::Http1;
+use edgepool::{Origin, Pool};
+use support::{Options, TestOrigin, certs};
+
+const CONNECTIONS: usize = 1000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        serve(args.get(i + 1).map(String::as_str).unwrap_or("plain"));
+        return;
+    }
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return; // cargo test --benches / cargo bench --list: nothing to list
+    }
+    println!("{:<22} {:>14}", "connection kind", "bytes/conn");
+    for (name, options) in cases() {
+        let per_conn = measure(&options);
+        println!("{name:<22} {per_conn:>14.0}");
+    }
+}
+
+fn cases() -> Vec<(&'static str, String)> {
+    let mut cases = vec![
+        ("http/1.1 plaintext", "plain".to_string()),
+        ("http/1.1 over TLS", "tls".to_string()),
+    ];
+    cases.extend(extra_cases());
+    cases
+}
+
+/// More rows as transports land (HTTP/2 over TLS).
+fn extra_cases() -> Vec<(&'static str, String)> {
+    Vec::new()
+}
+
+fn serve(kind: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let options = match kind {
+            "tls" => Options::tls(),
+            "h2tls" => Options {
+                tls: true,
+                http2: true,
+                ..Options::default()
+            },
+            _ => Options::plain(),
+        };
+        let origin = TestOrigin::start(options).await;
+        // The test CA is made per process: hand ours to the parent.
+        println!("{}", origin.url(""));
+        print!("{}", certs::ca_pem());
+        println!();
+        // Serve until the parent closes our stdin.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+        drop(origin);
+    });
+}
+
+fn spawn_origin(kind: &str) -> (Child, String, String) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .args(["--serve", kind])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn origin");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = lines.next().expect("origin url").expect("origin url");
+    let mut ca = String::new();
+    for line in lines {
+        let line = line.expect("ca line");
+        ca.push_str(&line);
+        ca.push('\n');
+        if line.starts_with("-----END") {
+            break;
+        }
+    }
+    (child, url.trim().to_string(), ca)
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("rss pages");
+    pages * 4096
+}
+
+fn measure(kind: &str) -> f64 {
+    let (mut child, url, ca) = spawn_origin(kind);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let per_conn = rt.block_on(async {
+        let origin = Origin::parse(&url).expect("origin url");
+        let tls = edgepool::transport::tls::TlsConfig::builder()
+            .webpki_roots(false)
+            .add_ca_pem(ca.as_bytes())
+            .expect("child's CA")
+            .build()
+            .expect("tls config");
+        hold_idle(Http1::with_tls(tls), &origin).await
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    per_conn
+}
+
+/// Opens `CONNECTIONS` connections through the pool (all checked out at
+/// once, so each is a new one), lets them go idle, and returns the RSS
+/// growth per connection.
+async fn hold_idle<T: Transport>(transport: T, origin: &Origin) -> f64 {
+    let pool = Pool::builder(transport)
+        .max_connections_per_origin(CONNECTIONS)
+        .max_pending_per_origin(CONNECTIONS)
+        .checkout_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(60))
+        .build()
+        .expect("pool");
+    // Warm the allocator and the TLS machinery with one connection first.
+    drop(pool.checkout(origin).await.expect("first"));
+    let before = rss_bytes();
+    let mut leases = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        leases.push(pool.checkout(origin));
+    }
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    for lease in leases {
+        held.push(lease.await.expect("checkout"));
+    }
+    let opened = pool.stats().total.cx_active as usize;
+    assert!(opened >= CONNECTIONS, "only {opened} connections opened");
+    for lease in held {
+        lease.release();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_bytes();
+    after.saturating_sub(before) as f64 / CONNECTIONS as f64
+}
