@@ -1,0 +1,98 @@
+//! edgepool demo: what a warm connection pool saves a proxy.
+//!
+//! Starts an HTTPS origin and a relay in front of it that simulates a network
+//! round-trip time (both on 127.0.0.1, nothing leaves the machine), then
+//! sends the same workload once opening a new TCP+TLS connection per request
+//! and once through an edgepool pool, and prints a table comparing them.
+//!
+//! ```text
+//! cargo run --release --example demo -- [--requests N] [--concurrency N] [--rtt-ms N]
+//! ```
+
+mod args;
+mod certs;
+mod origin;
+mod progress;
+mod relay;
+mod report;
+mod scenario;
+mod workload;
+
+use std::process::ExitCode;
+
+use edgepool::transport::tls::TlsConfig;
+
+use args::{Command, Params};
+use certs::Certs;
+use origin::Origin;
+use relay::Relay;
+use scenario::{Scenario, Setup};
+
+fn main() -> ExitCode {
+    // Non-UTF-8 arguments are kept (lossily) so they are reported as unknown.
+    let arguments = std::env::args_os().skip(1).map(|a| {
+        a.into_string()
+            .unwrap_or_else(|a| a.to_string_lossy().into_owned())
+    });
+    let params = match args::parse(arguments) {
+        Ok(Command::Run(params)) => params,
+        Ok(Command::Help) => {
+            print!("{}", args::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be started (only fails if the OS refuses threads or timers)");
+    match runtime.block_on(run(params)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(failed) => {
+            eprintln!("demo: {failed} requests failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up, runs every scenario, prints the report. Returns how many
+/// requests failed in all.
+async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
+    let certs = Certs::generate().expect("rcgen can generate a CA and a server certificate");
+    let origin = Origin::start(&certs).await?;
+    let relay = Relay::start(origin.addr(), params.rtt).await?;
+    let tls = TlsConfig::builder()
+        .webpki_roots(false)
+        .add_ca_pem(certs.ca_pem.as_bytes())?
+        .build()?;
+    // The certificate names 127.0.0.1, so it verifies for the relay's address.
+    let url = format!("https://{}/", relay.addr()).parse()?;
+    let setup = Setup {
+        origin,
+        url,
+        tls,
+        params,
+    };
+
+    let mut rows = Vec::with_capacity(Scenario::ALL.len());
+    let mut notes = Vec::new();
+    for scenario in Scenario::ALL {
+        let row = scenario.run(&setup).await?;
+        notes.extend(scenario.note(&row));
+        rows.push(row);
+    }
+
+    println!();
+    report::print_params(&params);
+    report::print_table(&rows);
+    report::print_notes(&notes);
+    report::print_speedups(&rows);
+    Ok(rows.iter().map(|row| row.errors).sum())
+}
