@@ -1,4 +1,4 @@
-//! edgepool: warm, reusable connections from a proxy to its origins.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
