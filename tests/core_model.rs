@@ -4,21 +4,59 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use edgepool::core::{Action, CloseReason, ConnId, CoreConfig, OriginPool, Phase, WaiterId};
+use edgepool::core::{
+    Action, BackoffConfig, CloseReason, ConnId, CoreConfig, OriginPool, Phase, RecycleConfig,
+    RetireReason, WaiterId,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Checkout { deadline_ms: u64 },
-    Release { pick: usize, reusable: bool },
-    ConnectOk { pick: usize, slots: usize },
-    ConnectFail { pick: usize },
-    PeerClose { pick: usize },
-    Drain { pick: usize },
-    SetSlots { pick: usize, slots: usize },
-    Advance { ms: u64 },
-    ExpireWaiter { pick: usize },
-    Cancel { pick: usize },
+    Checkout {
+        deadline_ms: u64,
+    },
+    Release {
+        pick: usize,
+        reusable: bool,
+    },
+    ConnectOk {
+        pick: usize,
+        slots: usize,
+    },
+    ConnectFail {
+        pick: usize,
+    },
+    PeerClose {
+        pick: usize,
+    },
+    Drain {
+        pick: usize,
+    },
+    SetSlots {
+        pick: usize,
+        slots: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    ExpireWaiter {
+        pick: usize,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Reserve,
+    ReleaseFailed {
+        pick: usize,
+    },
+    KeepAliveHint {
+        pick: usize,
+        timeout_ms: Option<u64>,
+        max: Option<u64>,
+    },
+    Retire {
+        pick: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,26 +72,54 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..120).prop_map(|ms| Op::Advance { ms }),
         1 => any::<usize>().prop_map(|pick| Op::ExpireWaiter { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        1 => Just(Op::Reserve),
+        1 => any::<usize>().prop_map(|pick| Op::ReleaseFailed { pick }),
+        1 => (any::<usize>(), prop::option::of(0u64..300), prop::option::of(0u64..4))
+            .prop_map(|(pick, timeout_ms, max)| Op::KeepAliveHint { pick, timeout_ms, max }),
+        1 => any::<usize>().prop_map(|pick| Op::Retire { pick }),
     ]
 }
 
 fn config() -> impl Strategy<Value = CoreConfig> {
-    (
+    let limits = (
         1usize..5,
         0usize..6,
         prop::option::of(1u64..150),
         any::<bool>(),
         1usize..4,
-    )
-        .prop_map(
-            |(max_connections, max_pending, idle_ms, open_more, expected_slots)| CoreConfig {
-                max_connections,
-                max_pending,
-                idle_timeout: idle_ms.map(Duration::from_millis),
-                open_more_when_saturated: open_more,
-                expected_slots,
+    );
+    let recycle = (
+        prop::option::of(1u64..400),
+        prop::option::of(1u64..5),
+        prop::option::of(1u32..4),
+    );
+    let backoff = (1u64..50, 1u32..4, any::<u64>());
+    (limits, recycle, backoff).prop_map(
+        |(
+            (max_connections, max_pending, idle_ms, open_more, expected_slots),
+            (max_age_ms, max_requests, max_errors),
+            (base_ms, failure_threshold, seed),
+        )| CoreConfig {
+            max_connections,
+            max_pending,
+            idle_timeout: idle_ms.map(Duration::from_millis),
+            open_more_when_saturated: open_more,
+            expected_slots,
+            recycle: RecycleConfig {
+                max_age: max_age_ms.map(Duration::from_millis),
+                max_requests,
+                max_consecutive_errors: max_errors,
+                keep_alive_margin: Duration::from_millis(20),
+                ..RecycleConfig::default()
             },
-        )
+            backoff: BackoffConfig {
+                base: Duration::from_millis(base_ms),
+                cap: Duration::from_millis(base_ms * 8),
+                failure_threshold,
+            },
+            seed,
+        },
+    )
 }
 
 /// What the test believes, built only from the actions the core emitted.
@@ -62,6 +128,12 @@ struct Model {
     now: Instant,
     /// Connect attempts the core asked for and we have not answered.
     attempts: Vec<ConnId>,
+    /// Reserved connect attempts (for a retrying request) not yet answered.
+    reserved: Vec<ConnId>,
+    /// Requests the core refused at once (full queue, open circuit).
+    refused: u64,
+    /// `cx_retired.max_requests` before the current step.
+    retired_max_requests: u64,
     /// Connections we reported open and the core has not closed.
     open: HashSet<ConnId>,
     /// Leases we hold.
@@ -79,6 +151,9 @@ impl Model {
             core: OriginPool::new(config).unwrap(),
             now: Instant::now(),
             attempts: Vec::new(),
+            reserved: Vec::new(),
+            refused: 0,
+            retired_max_requests: 0,
             open: HashSet::new(),
             leases: Vec::new(),
             waiting: HashMap::new(),
@@ -100,10 +175,15 @@ impl Model {
     }
 
     fn take_lease(&mut self, conn: ConnId) -> Result<(), TestCaseError> {
-        prop_assert_eq!(
-            self.core.phase(conn),
-            Some(Phase::Ready),
-            "lease on a connection that is not ready"
+        // A lease is only ever granted on a ready connection. The one way a
+        // connection is draining right after a grant: that grant was its
+        // last allowed request (max requests), retired in the same step.
+        let phase = self.core.phase(conn);
+        let last_allowed = self.core.stats().cx_retired.max_requests > self.retired_max_requests;
+        prop_assert!(
+            phase == Some(Phase::Ready) || (phase == Some(Phase::Draining) && last_allowed),
+            "lease on a connection that is {:?}",
+            phase
         );
         let (leases, slots) = self.core.load(conn).unwrap();
         prop_assert!(leases <= slots, "{} leases > {} slots", leases, slots);
@@ -131,6 +211,7 @@ impl Model {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.now;
+        self.retired_max_requests = self.core.stats().cx_retired.max_requests;
         match *op {
             Op::Checkout { deadline_ms } => {
                 if let Some(grant) = self.core.try_checkout(now) {
@@ -139,8 +220,18 @@ impl Model {
                     let payload = self.next_payload;
                     self.next_payload += 1;
                     let deadline = now + Duration::from_millis(deadline_ms);
-                    if let Ok(id) = self.core.enqueue(now, deadline, payload) {
-                        self.waiting.insert(payload, id);
+                    match self.core.enqueue(now, deadline, payload) {
+                        Ok(id) => {
+                            self.waiting.insert(payload, id);
+                        }
+                        Err(rejected) => {
+                            prop_assert_eq!(
+                                rejected.waiter,
+                                payload,
+                                "the refused waiter is handed back"
+                            );
+                            self.refused += 1;
+                        }
                     }
                 }
             }
@@ -151,17 +242,67 @@ impl Model {
                 }
             }
             Op::ConnectOk { pick, slots } => {
-                if !self.attempts.is_empty() {
-                    let id = self.attempts.swap_remove(pick % self.attempts.len());
-                    if self.core.connected(id, now, slots, id.as_u64()).is_ok() {
-                        self.open.insert(id);
+                let all = self.attempts.len() + self.reserved.len();
+                if all > 0 {
+                    let i = pick % all;
+                    let (id, reserved) = if i < self.attempts.len() {
+                        (self.attempts.swap_remove(i), false)
+                    } else {
+                        (self.reserved.swap_remove(i - self.attempts.len()), true)
+                    };
+                    match self.core.connected(id, now, slots, id.as_u64()) {
+                        Ok(grant) => {
+                            self.open.insert(id);
+                            prop_assert_eq!(
+                                grant.is_some(),
+                                reserved && slots > 0,
+                                "only a reserved attempt hands its slot back"
+                            );
+                            if let Some(grant) = grant {
+                                prop_assert_eq!(grant.conn, id);
+                                self.take_lease(grant.conn)?;
+                            }
+                        }
+                        Err(_) => prop_assert!(false, "connected() refused a live attempt"),
                     }
                 }
             }
             Op::ConnectFail { pick } => {
-                if !self.attempts.is_empty() {
-                    let id = self.attempts.swap_remove(pick % self.attempts.len());
+                let all = self.attempts.len() + self.reserved.len();
+                if all > 0 {
+                    let i = pick % all;
+                    let id = if i < self.attempts.len() {
+                        self.attempts.swap_remove(i)
+                    } else {
+                        self.reserved.swap_remove(i - self.attempts.len())
+                    };
                     self.core.connect_failed(id, now);
+                }
+            }
+            Op::Reserve => {
+                if let Some(id) = self.core.reserve_connect(now) {
+                    self.reserved.push(id);
+                }
+            }
+            Op::ReleaseFailed { pick } => {
+                if !self.leases.is_empty() {
+                    let conn = self.leases.swap_remove(pick % self.leases.len());
+                    self.core.release_failed(conn, now);
+                }
+            }
+            Op::KeepAliveHint {
+                pick,
+                timeout_ms,
+                max,
+            } => {
+                if let Some(id) = pick_from(&self.open, pick) {
+                    self.core
+                        .keep_alive_hint(id, now, timeout_ms.map(Duration::from_millis), max);
+                }
+            }
+            Op::Retire { pick } => {
+                if let Some(id) = pick_from(&self.open, pick) {
+                    self.core.retire(id, now, RetireReason::Application);
                 }
             }
             Op::PeerClose { pick } => {
@@ -211,7 +352,10 @@ impl Model {
         prop_assert!(self.core.connection_count() <= self.core.config().max_connections);
         prop_assert_eq!(s.rq_active, self.leases.len() as u64);
         prop_assert_eq!(s.rq_pending, self.waiting.len() as u64);
-        prop_assert_eq!(s.cx_connecting, self.attempts.len() as u64);
+        prop_assert_eq!(
+            s.cx_connecting,
+            (self.attempts.len() + self.reserved.len()) as u64
+        );
         prop_assert_eq!(s.cx_active, self.open.len() as u64);
         Ok(())
     }
@@ -225,7 +369,12 @@ impl Model {
             self.core.release(conn, self.now, true);
             self.drain_actions()?;
         }
-        for id in std::mem::take(&mut self.attempts) {
+        let attempts: Vec<ConnId> = self
+            .attempts
+            .drain(..)
+            .chain(self.reserved.drain(..))
+            .collect();
+        for id in attempts {
             prop_assert!(
                 self.core.connected(id, self.now, 1, 0).is_err(),
                 "shut down pool accepted a connection"
@@ -238,10 +387,7 @@ impl Model {
             "unresolved waiters: {:?}",
             self.waiting
         );
-        prop_assert_eq!(
-            self.resolved.len() as u64,
-            self.next_payload - self.overflowed()
-        );
+        prop_assert_eq!(self.resolved.len() as u64, self.next_payload - self.refused);
         let s = self.core.stats();
         prop_assert!(
             s.gauges_are_zero(),
@@ -250,10 +396,6 @@ impl Model {
         );
         prop_assert!(self.core.is_empty());
         Ok(())
-    }
-
-    fn overflowed(&self) -> u64 {
-        self.core.stats().rq_pending_overflow
     }
 }
 

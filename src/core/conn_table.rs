@@ -35,6 +35,19 @@ pub(crate) struct Conn<C> {
     pub opened_at: Instant,
     /// Last checkout or release: the list is ordered by it.
     pub touched: Instant,
+    /// Retire at this instant (max age, jittered).
+    pub expires_at: Option<Instant>,
+    /// Idle limit of this connection when it is shorter than the pool's
+    /// (from the origin's `Keep-Alive: timeout`, minus a margin).
+    pub idle_limit: Option<std::time::Duration>,
+    /// Retire once `served` reaches this (max requests, or `Keep-Alive: max`).
+    pub served_limit: Option<u64>,
+    /// Requests in a row that failed on it.
+    pub consecutive_errors: u32,
+    /// Last health check (or open), for the periodic check of idle connections.
+    pub last_check: Instant,
+    /// A connect started for one retrying request, which gets its first slot.
+    pub reserved: bool,
     prev: u32,
     next: u32,
     listed: bool,
@@ -50,6 +63,12 @@ impl<C> Conn<C> {
             served: 0,
             opened_at: now,
             touched: now,
+            expires_at: None,
+            idle_limit: None,
+            served_limit: None,
+            consecutive_errors: 0,
+            last_check: now,
+            reserved: false,
             prev: NIL,
             next: NIL,
             listed: false,

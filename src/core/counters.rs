@@ -31,6 +31,64 @@ impl CloseReason {
     }
 }
 
+/// Why a connection was retired (drained before it could fail a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetireReason {
+    /// It reached its (jittered) max age.
+    MaxAge,
+    /// It carried its maximum number of requests.
+    MaxRequests,
+    /// The origin's `Keep-Alive` header said it will close it soon.
+    KeepAlive,
+    /// Too many requests in a row failed on it.
+    Errors,
+    /// The application's own policy retired it.
+    Application,
+    /// The peer said it takes no new requests (GOAWAY, `Connection: close`).
+    Peer,
+}
+
+/// Connections retired (drained gracefully), by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RetireCounts {
+    /// Reached max age.
+    pub max_age: u64,
+    /// Reached max requests.
+    pub max_requests: u64,
+    /// Retired ahead of the origin's Keep-Alive timeout or max.
+    pub keep_alive: u64,
+    /// Too many consecutive errors.
+    pub errors: u64,
+    /// Retired by the application's policy.
+    pub application: u64,
+    /// Drained by the peer (GOAWAY, Connection: close).
+    pub peer: u64,
+}
+
+impl RetireCounts {
+    pub(crate) fn count(&mut self, reason: RetireReason) {
+        match reason {
+            RetireReason::MaxAge => self.max_age += 1,
+            RetireReason::MaxRequests => self.max_requests += 1,
+            RetireReason::KeepAlive => self.keep_alive += 1,
+            RetireReason::Errors => self.errors += 1,
+            RetireReason::Application => self.application += 1,
+            RetireReason::Peer => self.peer += 1,
+        }
+    }
+
+    fn add(&mut self, o: &RetireCounts) {
+        self.max_age += o.max_age;
+        self.max_requests += o.max_requests;
+        self.keep_alive += o.keep_alive;
+        self.errors += o.errors;
+        self.application += o.application;
+        self.peer += o.peer;
+    }
+}
+
 /// Connections destroyed, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -94,6 +152,13 @@ pub struct Stats {
     pub cx_connect_fail: u64,
     /// Connections closed, by reason (counters).
     pub cx_destroy: DestroyCounts,
+    /// Connections retired before they could fail, by reason (counters).
+    pub cx_retired: RetireCounts,
+    /// Connect attempts that succeeded while the circuit was half-open,
+    /// closing it (counter).
+    pub cx_circuit_closed: u64,
+    /// Times the connect circuit opened (counter).
+    pub cx_circuit_opened: u64,
     /// Requests that asked for a connection (counter).
     pub rq_total: u64,
     /// Requests holding a slot now (gauge).
@@ -106,6 +171,8 @@ pub struct Stats {
     pub rq_pending_timeout: u64,
     /// Requests that failed while waiting because connects failed (counter).
     pub rq_pending_failure: u64,
+    /// Requests refused at once because the connect circuit was open (counter).
+    pub rq_circuit_open: u64,
     /// Requests served on a connection that had served before (counter).
     pub rq_reused: u64,
     /// Requests sent again after a failure that proved them unsent (counter).
@@ -131,12 +198,16 @@ impl Stats {
         self.cx_draining += o.cx_draining;
         self.cx_connect_fail += o.cx_connect_fail;
         self.cx_destroy.add(&o.cx_destroy);
+        self.cx_retired.add(&o.cx_retired);
+        self.cx_circuit_closed += o.cx_circuit_closed;
+        self.cx_circuit_opened += o.cx_circuit_opened;
         self.rq_total += o.rq_total;
         self.rq_active += o.rq_active;
         self.rq_pending += o.rq_pending;
         self.rq_pending_overflow += o.rq_pending_overflow;
         self.rq_pending_timeout += o.rq_pending_timeout;
         self.rq_pending_failure += o.rq_pending_failure;
+        self.rq_circuit_open += o.rq_circuit_open;
         self.rq_reused += o.rq_reused;
         self.rq_retry += o.rq_retry;
     }

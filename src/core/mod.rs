@@ -32,6 +32,8 @@ mod conn_table;
 mod counters;
 mod ids;
 mod origin_pool;
+mod policy;
+mod rng;
 mod waiters;
 
 #[cfg(test)]
@@ -40,14 +42,15 @@ mod tests;
 use std::time::Duration;
 
 pub use conn_table::Phase;
-pub use counters::{CloseReason, DestroyCounts, Stats};
+pub use counters::{CloseReason, DestroyCounts, RetireCounts, RetireReason, Stats};
 pub use ids::{ConnId, WaiterId};
 pub use origin_pool::{Action, Grant, OriginPool, RejectReason, Rejected, WaitFailure};
+pub use policy::{BackoffConfig, Circuit, RecycleConfig};
 
 use crate::Error;
 
 /// Limits and timeouts of one origin's pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
     /// Most connections open or being opened at once (default 100).
     pub max_connections: usize,
@@ -61,6 +64,13 @@ pub struct CoreConfig {
     /// Slots a new connection is assumed to bring until one has said (1 for
     /// HTTP/1.1, the local stream maximum for multiplexed protocols).
     pub expected_slots: usize,
+    /// How a connection is retired before it fails.
+    pub recycle: RecycleConfig,
+    /// How connect failures are backed off.
+    pub backoff: BackoffConfig,
+    /// Seed of the core's random numbers (max-age jitter, backoff jitter), so
+    /// a test can replay a run exactly. The pool seeds it randomly.
+    pub seed: u64,
 }
 
 impl Default for CoreConfig {
@@ -71,6 +81,9 @@ impl Default for CoreConfig {
             idle_timeout: Some(Duration::from_secs(90)),
             open_more_when_saturated: true,
             expected_slots: 1,
+            recycle: RecycleConfig::default(),
+            backoff: BackoffConfig::default(),
+            seed: 0x5eed,
         }
     }
 }
@@ -91,6 +104,7 @@ impl CoreConfig {
         if self.expected_slots == 0 {
             return Err(Error::config("expected_slots", 0, "must be at least 1"));
         }
-        Ok(())
+        self.recycle.validate()?;
+        self.backoff.validate()
     }
 }

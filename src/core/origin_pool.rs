@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use super::CoreConfig;
 use super::conn_table::{Conn, ConnTable, Phase};
-use super::counters::{CloseReason, Stats};
+use super::counters::{CloseReason, RetireReason, Stats};
 use super::ids::{ConnId, WaiterId};
+use super::policy::Circuit;
+use super::rng::Rng;
 use super::waiters::{Waiter, WaiterQueue};
 use crate::Error;
 
@@ -33,6 +35,11 @@ pub enum WaitFailure {
     },
     /// The connect attempt that was to serve it failed.
     ConnectFailed,
+    /// Connects to the origin kept failing and the circuit opened.
+    CircuitOpen {
+        /// When a new attempt will be allowed.
+        retry_after: Duration,
+    },
     /// The pool was shut down.
     Shutdown,
 }
@@ -43,6 +50,11 @@ pub enum WaitFailure {
 pub enum RejectReason {
     /// The pending queue is at `max_pending`.
     Overflow,
+    /// Connects to the origin kept failing; no new ones until the backoff is over.
+    CircuitOpen {
+        /// When a new attempt will be allowed.
+        retry_after: Duration,
+    },
     /// The pool is shut down.
     Shutdown,
 }
@@ -102,12 +114,18 @@ pub struct OriginPool<C, W> {
     /// connection that opened).
     expected_slots: usize,
     connecting: usize,
+    /// Attempts among `connecting` that are reserved for one retrying
+    /// request, and so cover no waiter.
+    reserved: usize,
     ready: usize,
     draining: usize,
     /// Leases granted and not yet released, including those on connections
     /// that have since closed.
     rq_active: usize,
     shut_down: bool,
+    circuit: Circuit,
+    connect_failures: u32,
+    rng: Rng,
     stats: Stats,
 }
 
@@ -117,16 +135,20 @@ impl<C, W> OriginPool<C, W> {
         config.validate()?;
         let expected_slots = config.expected_slots;
         Ok(OriginPool {
+            rng: Rng::new(config.seed),
             config,
             conns: ConnTable::new(),
             waiters: WaiterQueue::new(),
             actions: VecDeque::new(),
             expected_slots,
             connecting: 0,
+            reserved: 0,
             ready: 0,
             draining: 0,
             rq_active: 0,
             shut_down: false,
+            circuit: Circuit::Closed,
+            connect_failures: 0,
             stats: Stats::default(),
         })
     }
@@ -183,6 +205,19 @@ impl<C, W> OriginPool<C, W> {
                 waiter,
             });
         }
+        if let Circuit::Open { until } = self.circuit {
+            if now < until {
+                self.stats.rq_circuit_open += 1;
+                return Err(Rejected {
+                    reason: RejectReason::CircuitOpen {
+                        retry_after: until - now,
+                    },
+                    waiter,
+                });
+            }
+            // The backoff is over: the next connect is the probe.
+            self.circuit = Circuit::HalfOpen { probing: false };
+        }
         if self.waiters.len() >= self.config.max_pending {
             self.stats.rq_pending_overflow += 1;
             return Err(Rejected {
@@ -236,6 +271,7 @@ impl<C, W> OriginPool<C, W> {
             self.close_conn(id, CloseReason::Error, now);
             return;
         }
+        conn.consecutive_errors = 0;
         match conn.phase {
             Phase::Ready => self.offer(id, now),
             Phase::Draining if conn.leases == 0 => self.close_conn(id, CloseReason::Drained, now),
@@ -243,41 +279,79 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
+    /// Returns a slot after a request failed on a connection that survives
+    /// it (a reset stream on a multiplexed connection). After
+    /// `max_consecutive_errors` such failures in a row the connection is
+    /// retired.
+    pub fn release_failed(&mut self, id: ConnId, now: Instant) {
+        let limit = self.config.recycle.max_consecutive_errors;
+        let errors = match self.conns.get_mut(id) {
+            Some(conn) => {
+                conn.consecutive_errors = conn.consecutive_errors.saturating_add(1);
+                Some(conn.consecutive_errors)
+            }
+            None => None,
+        };
+        if errors.zip(limit).is_some_and(|(n, max)| n >= max) {
+            self.retire(id, now, RetireReason::Errors);
+        }
+        self.release(id, now, true);
+        if let (Some(errors), Some(conn)) = (errors, self.conns.get_mut(id)) {
+            conn.consecutive_errors = errors; // release() counted it a success
+        }
+    }
+
     /// A connect attempt succeeded. The connection starts lending its slots;
-    /// waiters are served from it first. Returns the handle back if the
-    /// attempt was abandoned meanwhile (closed, or the pool shut down): the
-    /// driver then closes it.
+    /// waiters are served from it first, except for a reserved attempt
+    /// ([`reserve_connect`](OriginPool::reserve_connect)), whose first slot
+    /// is returned here for the request that reserved it. Returns the handle
+    /// back if the attempt was abandoned meanwhile (closed, or the pool shut
+    /// down): the driver then closes it.
     pub fn connected(
         &mut self,
         id: ConnId,
         now: Instant,
         slots: usize,
         handle: C,
-    ) -> Result<(), C> {
-        let shut_down = self.shut_down;
-        let Some(conn) = self.conns.get_mut(id) else {
-            return Err(handle);
+    ) -> Result<Option<Grant>, C> {
+        let reserved = match self.conns.get(id) {
+            Some(conn) if conn.phase == Phase::Connecting => conn.reserved,
+            _ => return Err(handle),
         };
-        if conn.phase != Phase::Connecting {
-            return Err(handle);
-        }
         self.connecting -= 1;
-        if shut_down {
+        if reserved {
+            self.reserved -= 1;
+        }
+        if self.shut_down {
             self.conns.remove(id);
             return Err(handle);
         }
-        conn.phase = Phase::Ready;
-        conn.handle = Some(handle);
-        conn.slots = slots;
-        conn.opened_at = now;
-        conn.touched = now;
+        let expires_at = self.config.recycle.expiry(now, &mut self.rng);
+        let served_limit = self.config.recycle.max_requests;
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.phase = Phase::Ready;
+            conn.handle = Some(handle);
+            conn.slots = slots;
+            conn.opened_at = now;
+            conn.touched = now;
+            conn.last_check = now;
+            conn.expires_at = expires_at;
+            conn.served_limit = served_limit;
+        }
         self.ready += 1;
         self.stats.cx_total += 1;
         if slots > 0 {
             self.expected_slots = slots;
         }
+        self.connect_failures = 0;
+        if self.circuit != Circuit::Closed {
+            self.circuit = Circuit::Closed;
+            self.stats.cx_circuit_closed += 1;
+        }
+        let grant = (reserved && self.conns.get(id).is_some_and(Conn::has_free_slot))
+            .then(|| self.grant(id, now));
         self.offer(id, now);
-        Ok(())
+        Ok(grant)
     }
 
     /// A connect attempt failed. Waiters that this attempt was to serve, and
@@ -285,14 +359,28 @@ impl<C, W> OriginPool<C, W> {
     /// left to time out: an origin that refuses connections gives a quick
     /// error, not a hang. Other waiters may start new attempts.
     pub fn connect_failed(&mut self, id: ConnId, now: Instant) {
-        match self.conns.get(id) {
-            Some(c) if c.phase == Phase::Connecting => {}
+        let reserved = match self.conns.get(id) {
+            Some(c) if c.phase == Phase::Connecting => c.reserved,
             _ => return,
-        }
+        };
         self.conns.remove(id);
         self.connecting -= 1;
+        if reserved {
+            self.reserved -= 1;
+        }
         self.stats.cx_connect_fail += 1;
-        let covered = self.connecting * self.expected_slots.max(1);
+        self.connect_failures = self.connect_failures.saturating_add(1);
+        let probe_failed = matches!(self.circuit, Circuit::HalfOpen { probing: true });
+        if probe_failed || self.connect_failures >= self.config.backoff.failure_threshold {
+            self.open_circuit(now);
+            return;
+        }
+        if reserved {
+            // Its requester hears of the failure from the driver; no waiter
+            // counted on this attempt.
+            return;
+        }
+        let covered = (self.connecting - self.reserved) * self.expected_slots.max(1);
         let mut to_fail = self
             .waiters
             .len()
@@ -323,15 +411,22 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
-    /// The connection takes no new requests (GOAWAY, recycling); it closes
-    /// when its last lease is released.
+    /// The peer said the connection takes no new requests (GOAWAY,
+    /// `Connection: close`); it closes when its last lease is released.
     pub fn drain(&mut self, id: ConnId, now: Instant) {
+        self.retire(id, now, RetireReason::Peer);
+    }
+
+    /// Retires a connection gracefully: no new leases, in-flight ones finish,
+    /// then it closes. Waiters get a replacement connection if they need one.
+    pub fn retire(&mut self, id: ConnId, now: Instant, reason: RetireReason) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.phase != Phase::Ready {
             return;
         }
+        self.stats.cx_retired.count(reason);
         conn.phase = Phase::Draining;
         let idle = conn.leases == 0;
         self.ready -= 1;
@@ -365,50 +460,189 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
+    /// Applies an origin's `Keep-Alive: timeout=N, max=M` hint, as seen on a
+    /// response on this connection: the connection is retired
+    /// `keep_alive_margin` before the origin would close it for idleness, and
+    /// after the `M` more requests the origin allows.
+    pub fn keep_alive_hint(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        timeout: Option<Duration>,
+        max: Option<u64>,
+    ) {
+        let margin = self.config.recycle.keep_alive_margin;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let mut retire_now = false;
+        if let Some(timeout) = timeout {
+            let limit = timeout.saturating_sub(margin);
+            retire_now |= limit.is_zero();
+            conn.idle_limit = Some(conn.idle_limit.map_or(limit, |l| l.min(limit)));
+        }
+        if let Some(max) = max {
+            // `max` counts the requests still allowed, the next one included;
+            // leases in flight have been counted in `served` already.
+            let limit = conn.served.saturating_add(max);
+            retire_now |= max == 0;
+            conn.served_limit = Some(conn.served_limit.map_or(limit, |l| l.min(limit)));
+        }
+        if retire_now {
+            self.retire(id, now, RetireReason::KeepAlive);
+        }
+    }
+
+    /// Starts a connect reserved for one request (a retry that must go on a
+    /// fresh connection): it covers no waiter, and its first slot goes to
+    /// the requester via [`connected`](OriginPool::connected). At the
+    /// connection limit, the least recently used idle connection is closed
+    /// to make room; if none is idle, or connects are backed off, returns
+    /// None and the request waits like any other. The driver opens the
+    /// connection itself (no [`Action::Connect`] is queued).
+    pub fn reserve_connect(&mut self, now: Instant) -> Option<ConnId> {
+        if self.shut_down || self.circuit != Circuit::Closed {
+            return None;
+        }
+        if self.connection_count() >= self.config.max_connections {
+            let idle = self
+                .conns
+                .iter_from_tail()
+                .find(|(_, c)| c.leases == 0)
+                .map(|(id, _)| id)?;
+            self.close_conn(idle, CloseReason::IdleTimeout, now);
+        }
+        let mut conn = Conn::connecting(now);
+        conn.reserved = true;
+        let id = self.conns.insert(conn);
+        self.connecting += 1;
+        self.reserved += 1;
+        Some(id)
+    }
+
+    /// Closes every connection now, leased or not (the end of a graceful
+    /// shutdown whose deadline passed). Leases on them stay counted until
+    /// released; the driver aborts the connections so they are.
+    pub fn force_close_all(&mut self, now: Instant) {
+        self.shutdown(now);
+        for id in self.conns.ids() {
+            if self
+                .conns
+                .get(id)
+                .is_some_and(|c| c.phase != Phase::Connecting)
+            {
+                self.close_conn(id, CloseReason::Shutdown, now);
+            }
+        }
+    }
+
+    /// Idle ready connections not checked for `interval` (for the periodic
+    /// health check, e.g. a PING on multiplexed connections).
+    pub fn due_for_check(&self, now: Instant, interval: Duration) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Ready && c.leases == 0)
+            .filter(|(_, c)| now.saturating_duration_since(c.last_check) >= interval)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Records a passed health check.
+    pub fn checked(&mut self, id: ConnId, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.last_check = now;
+        }
+    }
+
+    /// The connect circuit's state.
+    pub fn circuit(&self) -> Circuit {
+        self.circuit
+    }
+
     /// Counts a request that was sent again on another connection.
     pub fn record_retry(&mut self) {
         self.stats.rq_retry += 1;
     }
 
-    /// Fails waiters whose deadline has passed and closes connections idle
-    /// longer than the idle timeout.
+    /// Fails waiters whose deadline has passed, closes connections idle
+    /// longer than their idle limit, and retires connections past their age.
+    ///
+    /// Cost: O(connections) when any connection has its own idle limit or an
+    /// age limit; otherwise it walks only the expired end of the free list.
+    /// This runs in the background task, never on the request path.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
         self.waiters.take_expired(now, |w| expired.push(w));
         for w in expired {
             self.fail_timeout(w, now);
         }
-        let Some(idle_timeout) = self.config.idle_timeout else {
-            return;
-        };
-        let mut to_close = Vec::new();
+        let mut idle = Vec::new();
         for (id, conn) in self.conns.iter_from_tail() {
             if conn.leases > 0 {
                 continue;
             }
-            if now.saturating_duration_since(conn.touched) < idle_timeout {
-                break; // the rest were used more recently
+            match self.idle_deadline(conn) {
+                Some(deadline) if deadline <= now => idle.push(id),
+                // Uniform limits: the rest of the list was used more recently.
+                _ if !self.per_conn_limits() => break,
+                _ => {}
             }
-            to_close.push(id);
         }
-        for id in to_close {
+        for id in idle {
             self.close_conn(id, CloseReason::IdleTimeout, now);
+        }
+        if self.config.recycle.max_age.is_some() {
+            let old: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Ready && c.expires_at.is_some_and(|t| t <= now))
+                .map(|(id, _)| id)
+                .collect();
+            for id in old {
+                self.retire(id, now, RetireReason::MaxAge);
+            }
         }
     }
 
     /// When [`handle_timeout`](OriginPool::handle_timeout) next has work: the
-    /// earliest waiter deadline or idle expiry.
+    /// earliest waiter deadline, idle expiry or age limit.
     pub fn next_timeout(&self) -> Option<Instant> {
-        let idle = self.config.idle_timeout.and_then(|t| {
-            self.conns
-                .iter_from_tail()
-                .find(|(_, c)| c.leases == 0)
-                .map(|(_, c)| c.touched + t)
-        });
-        match (self.waiters.earliest_deadline(), idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let mut next = self.waiters.earliest_deadline();
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for (_, conn) in self.conns.iter_from_tail() {
+            if conn.leases > 0 {
+                continue;
+            }
+            if let Some(deadline) = self.idle_deadline(conn) {
+                consider(deadline);
+                if !self.per_conn_limits() {
+                    break;
+                }
+            }
         }
+        if self.config.recycle.max_age.is_some() {
+            for (_, conn) in self.conns.iter() {
+                if let (Phase::Ready, Some(t)) = (conn.phase, conn.expires_at) {
+                    consider(t);
+                }
+            }
+        }
+        next
+    }
+
+    fn idle_deadline(&self, conn: &Conn<C>) -> Option<Instant> {
+        let limit = match (self.config.idle_timeout, conn.idle_limit) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(conn.touched + limit)
+    }
+
+    /// Whether connections may have idle limits of their own (Keep-Alive
+    /// hints), so the free list is not sorted by idle deadline.
+    fn per_conn_limits(&self) -> bool {
+        self.stats.cx_retired.keep_alive > 0
+            || self.conns.iter().any(|(_, c)| c.idle_limit.is_some())
     }
 
     /// Stops lending: waiters fail, idle connections close, busy ones drain
@@ -506,6 +740,12 @@ impl<C, W> OriginPool<C, W> {
                 self.connecting, self.ready, self.draining
             ));
         }
+        if self.reserved > self.connecting {
+            return Err(format!(
+                "{} reserved attempts > {} connecting",
+                self.reserved, self.connecting
+            ));
+        }
         if self.conns.listed_count_walked() != listed {
             return Err("free list length does not match listed connections".into());
         }
@@ -554,12 +794,16 @@ impl<C, W> OriginPool<C, W> {
         conn.leases += 1;
         conn.served += 1;
         conn.touched = now;
+        let used_up = conn.served_limit.is_some_and(|max| conn.served >= max);
         let still_free = conn.has_free_slot();
         self.rq_active += 1;
         if reused {
             self.stats.rq_reused += 1;
         }
-        if still_free {
+        if used_up {
+            // This is its last request: no new leases, close after this one.
+            self.retire(id, now, RetireReason::MaxRequests);
+        } else if still_free {
             self.conns.push_front(id);
         } else {
             self.conns.unlink(id);
@@ -631,13 +875,39 @@ impl<C, W> OriginPool<C, W> {
             return;
         }
         let per_conn = self.expected_slots.max(1);
-        while self.waiters.len() > self.connecting * per_conn
+        while self.waiters.len() > (self.connecting - self.reserved) * per_conn
             && self.connection_count() < self.config.max_connections
             && (self.config.open_more_when_saturated || self.ready + self.connecting == 0)
         {
+            match self.circuit {
+                Circuit::Closed => {}
+                Circuit::HalfOpen { probing: false } => {
+                    self.circuit = Circuit::HalfOpen { probing: true }
+                }
+                Circuit::HalfOpen { probing: true } | Circuit::Open { .. } => return,
+            }
             let id = self.conns.insert(Conn::connecting(now));
             self.connecting += 1;
             self.actions.push_back(Action::Connect(id));
+        }
+    }
+
+    /// Opens the circuit after a failed connect: no connects for a jittered,
+    /// growing delay; waiters fail now with the time to retry.
+    fn open_circuit(&mut self, now: Instant) {
+        let delay = self
+            .config
+            .backoff
+            .delay(self.connect_failures, &mut self.rng);
+        self.circuit = Circuit::Open { until: now + delay };
+        self.stats.cx_circuit_opened += 1;
+        let waiters: Vec<Waiter<W>> = self.waiters.drain().collect();
+        for w in waiters {
+            self.stats.rq_pending_failure += 1;
+            self.actions.push_back(Action::Fail {
+                waiter: w.payload,
+                reason: WaitFailure::CircuitOpen { retry_after: delay },
+            });
         }
     }
 }

@@ -414,3 +414,331 @@ fn raised_slots_put_the_connection_back_on_the_free_list() {
     c.check_invariants().unwrap();
     assert_eq!(c.try_checkout(t0).unwrap().conn, conn);
 }
+
+fn open_one(c: &mut Core, t: Instant) -> ConnId {
+    open(c, t, 1)
+}
+
+#[test]
+fn circuit_opens_after_the_threshold_and_a_probe_closes_it() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        backoff: BackoffConfig {
+            base: ms(100),
+            cap: ms(1000),
+            failure_threshold: 3,
+        },
+        ..CoreConfig::default()
+    });
+    for i in 0..3 {
+        c.enqueue(t0, t0 + ms(1000), i).unwrap();
+        let Some(Action::Connect(conn)) = c.poll_action() else {
+            panic!("attempt {i}")
+        };
+        c.connect_failed(conn, t0);
+        actions(&mut c);
+    }
+    let Circuit::Open { until } = c.circuit() else {
+        panic!("{:?}", c.circuit())
+    };
+    assert!(until <= t0 + ms(100), "first delay is at most base");
+    assert_eq!(c.stats().cx_circuit_opened, 1);
+    // While open: refused at once, with the time to wait, and no connect.
+    if until > t0 {
+        let rejected = c.enqueue(t0, t0 + ms(1000), 10).unwrap_err();
+        assert_eq!(
+            rejected.reason,
+            RejectReason::CircuitOpen {
+                retry_after: until - t0
+            }
+        );
+        assert_eq!(c.stats().rq_circuit_open, 1);
+        assert!(actions(&mut c).is_empty());
+    }
+    // After it: one probe, whatever the demand.
+    for w in 11..14 {
+        c.enqueue(until, until + ms(1000), w).unwrap();
+    }
+    let connects = actions(&mut c);
+    assert_eq!(connects.len(), 1, "one probe: {connects:?}");
+    assert_eq!(c.circuit(), Circuit::HalfOpen { probing: true });
+    let Action::Connect(probe) = connects[0] else {
+        panic!()
+    };
+    c.connected(probe, until, 1, "probe").unwrap();
+    assert_eq!(c.circuit(), Circuit::Closed);
+    assert_eq!(c.stats().cx_circuit_closed, 1);
+}
+
+#[test]
+fn a_failed_probe_reopens_with_a_longer_bound_and_fails_the_waiters() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        backoff: BackoffConfig {
+            base: ms(100),
+            cap: ms(100_000),
+            failure_threshold: 1,
+        },
+        ..CoreConfig::default()
+    });
+    c.enqueue(t0, t0 + ms(10_000), 1).unwrap();
+    let Some(Action::Connect(first)) = c.poll_action() else {
+        panic!()
+    };
+    c.connect_failed(first, t0);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Fail {
+            waiter: 1,
+            reason: WaitFailure::CircuitOpen { .. }
+        }]
+    ));
+    let mut at = t0;
+    for round in 1..6u32 {
+        let Circuit::Open { until } = c.circuit() else {
+            panic!()
+        };
+        // Full jitter: anywhere in [0, base * 2^round).
+        assert!(until - at <= ms(100) * 2u32.pow(round - 1), "round {round}");
+        at = until;
+        c.enqueue(at, at + ms(10_000), 2).unwrap();
+        let Some(Action::Connect(probe)) = c.poll_action() else {
+            panic!()
+        };
+        c.connect_failed(probe, at);
+        assert!(matches!(
+            actions(&mut c).as_slice(),
+            [Action::Fail { waiter: 2, .. }]
+        ));
+    }
+    assert_eq!(c.stats().cx_circuit_opened, 6);
+}
+
+#[test]
+fn max_requests_retires_after_the_last_one() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        recycle: RecycleConfig {
+            max_requests: Some(3),
+            ..RecycleConfig::default()
+        },
+        ..CoreConfig::default()
+    });
+    let conn = open_one(&mut c, t0); // served 1
+    let g = c.try_checkout(t0).unwrap(); // 2
+    c.release(g.conn, t0, true);
+    let g = c.try_checkout(t0).unwrap(); // 3: its last
+    assert_eq!(c.phase(conn), Some(Phase::Draining));
+    assert!(c.try_checkout(t0).is_none());
+    c.release(g.conn, t0, true);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Close {
+            reason: CloseReason::Drained,
+            ..
+        }]
+    ));
+    assert_eq!(c.stats().cx_retired.max_requests, 1);
+}
+
+#[test]
+fn max_age_is_jittered_and_retires_gracefully() {
+    let t0 = Instant::now();
+    let mut expiries = Vec::new();
+    for seed in 0..20 {
+        let mut c = core(CoreConfig {
+            seed,
+            recycle: RecycleConfig {
+                max_age: Some(ms(1000)),
+                ..RecycleConfig::default()
+            },
+            ..CoreConfig::default()
+        });
+        let conn = open_one(&mut c, t0);
+        let due = c.next_timeout().unwrap();
+        assert!(
+            due >= t0 + ms(900) && due <= t0 + ms(1100),
+            "±10%: {:?}",
+            due - t0
+        );
+        expiries.push(due);
+        let g = c.try_checkout(due).unwrap();
+        c.handle_timeout(due);
+        assert_eq!(c.phase(conn), Some(Phase::Draining), "busy: drains");
+        c.release(g.conn, due, true);
+        assert_eq!(c.stats().cx_retired.max_age, 1);
+        assert_eq!(c.stats().cx_destroy.drained, 1);
+    }
+    expiries.sort();
+    expiries.dedup();
+    assert!(expiries.len() > 10, "jitter spreads retirements");
+}
+
+#[test]
+fn keep_alive_hint_retires_before_the_origin_closes() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        idle_timeout: Some(ms(90_000)),
+        recycle: RecycleConfig {
+            keep_alive_margin: ms(1000),
+            ..RecycleConfig::default()
+        },
+        ..CoreConfig::default()
+    });
+    let conn = open_one(&mut c, t0);
+    // "Keep-Alive: timeout=5, max=2" on the first response.
+    c.keep_alive_hint(conn, t0, Some(ms(5000)), Some(2));
+    assert_eq!(
+        c.next_timeout(),
+        Some(t0 + ms(4000)),
+        "5 s minus the 1 s margin"
+    );
+    c.handle_timeout(t0 + ms(3999));
+    assert!(actions(&mut c).is_empty());
+    let g = c.try_checkout(t0 + ms(3999)).unwrap(); // 1 of the 2 allowed
+    c.release(g.conn, t0 + ms(3999), true);
+    let g = c.try_checkout(t0 + ms(3999)).unwrap(); // 2 of 2: the last
+    assert_eq!(c.phase(conn), Some(Phase::Draining));
+    c.release(g.conn, t0 + ms(3999), true);
+    assert_eq!(c.stats().cx_retired.keep_alive, 0);
+    assert_eq!(c.stats().cx_retired.max_requests, 1);
+    actions(&mut c);
+    // A timeout shorter than the margin retires at once.
+    let other = open_one(&mut c, t0);
+    c.keep_alive_hint(other, t0, Some(ms(500)), None);
+    assert_eq!(c.stats().cx_retired.keep_alive, 1);
+}
+
+#[test]
+fn consecutive_errors_retire_and_a_success_resets_the_count() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        expected_slots: 4,
+        recycle: RecycleConfig {
+            max_consecutive_errors: Some(2),
+            ..RecycleConfig::default()
+        },
+        ..CoreConfig::default()
+    });
+    let conn = open(&mut c, t0, 4);
+    let g = c.try_checkout(t0).unwrap();
+    c.release_failed(g.conn, t0);
+    let g = c.try_checkout(t0).unwrap();
+    c.release(g.conn, t0, true); // resets
+    let g = c.try_checkout(t0).unwrap();
+    c.release_failed(g.conn, t0);
+    assert_eq!(c.phase(conn), Some(Phase::Ready));
+    let g = c.try_checkout(t0).unwrap();
+    c.release_failed(g.conn, t0);
+    assert_eq!(c.stats().cx_retired.errors, 1);
+    assert_eq!(c.phase(conn), None, "idle once retired: closed");
+}
+
+#[test]
+fn a_reserved_connect_serves_its_requester_first_and_makes_room() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    open_one(&mut c, t0);
+    // At the limit, the idle connection is closed to make room.
+    let fresh = c
+        .reserve_connect(t0)
+        .expect("room made by closing the idle one");
+    assert!(matches!(actions(&mut c).as_slice(), [Action::Close { .. }]));
+    c.enqueue(t0, t0 + ms(100), 7).unwrap();
+    assert!(
+        actions(&mut c).is_empty(),
+        "the reserved attempt covers no waiter, and the limit is reached"
+    );
+    let grant = c
+        .connected(fresh, t0, 1, "fresh")
+        .unwrap()
+        .expect("the reserver's slot");
+    assert_eq!(grant.conn, fresh);
+    assert!(!grant.reused);
+    assert!(
+        actions(&mut c).is_empty(),
+        "waiter 7 waits for the slot to come back"
+    );
+    c.release(fresh, t0, true);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Wake { waiter: 7, .. }]
+    ));
+    // With every connection busy there is no room: the request waits instead.
+    assert_eq!(c.reserve_connect(t0), None);
+}
+
+#[test]
+fn force_close_closes_busy_connections_too() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let conn = open_one(&mut c, t0);
+    let g = c.try_checkout(t0).unwrap();
+    c.force_close_all(t0);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Close {
+            reason: CloseReason::Shutdown,
+            ..
+        }]
+    ));
+    assert_eq!(c.phase(conn), None);
+    c.release(g.conn, t0, true);
+    assert!(c.stats().gauges_are_zero());
+}
+
+#[test]
+fn recycle_and_backoff_config_reject_bad_values_naming_the_field() {
+    let bad = [
+        (
+            RecycleConfig {
+                max_age: Some(Duration::ZERO),
+                ..RecycleConfig::default()
+            },
+            "max_age",
+        ),
+        (
+            RecycleConfig {
+                max_age_jitter: 1.0,
+                ..RecycleConfig::default()
+            },
+            "max_age_jitter",
+        ),
+        (
+            RecycleConfig {
+                max_age_jitter: f64::NAN,
+                ..RecycleConfig::default()
+            },
+            "max_age_jitter",
+        ),
+        (
+            RecycleConfig {
+                max_age_jitter: -0.1,
+                ..RecycleConfig::default()
+            },
+            "max_age_jitter",
+        ),
+        (
+            RecycleConfig {
+                max_requests: Some(0),
+                ..RecycleConfig::default()
+            },
+            "max_requests",
+        ),
+    ];
+    for (recycle, field) in bad {
+        let err = recycle.validate().unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let err = BackoffConfig {
+        base: ms(10),
+        cap: ms(5),
+        failure_threshold: 1,
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().contains("backoff_cap"), "{err}");
+}
