@@ -23,6 +23,9 @@ pub enum ErrorKind {
     /// Reaching or talking to the origin failed; another attempt (on another
     /// connection, or another origin) may succeed.
     Origin,
+    /// Connects to the origin keep failing and the pool is backing off:
+    /// retry after [`Error::retry_after`], or elsewhere.
+    Unavailable,
     /// The pool is shutting down or was dropped.
     Shutdown,
     /// The transport cannot do what was asked (e.g. PING over HTTP/1.1).
@@ -90,6 +93,35 @@ pub enum Error {
         max_pending: usize,
     },
 
+    /// Connects to the origin kept failing; the pool backs off and refuses
+    /// requests that find no free connection until `retry_after` has passed.
+    #[error("{origin} is unavailable: connects keep failing; retry after {retry_after:?}")]
+    OriginUnavailable {
+        /// The origin, as `scheme://host:port`.
+        origin: String,
+        /// When the pool will try to connect again.
+        retry_after: Duration,
+    },
+
+    /// No response head arrived within the configured request timeout (the
+    /// connection is closed: a blackholed peer looks exactly like this).
+    #[error("no response from {origin} within {timeout:?}")]
+    RequestTimeout {
+        /// The origin, as `scheme://host:port`.
+        origin: String,
+        /// The configured request timeout.
+        timeout: Duration,
+    },
+
+    /// A connection failed its health check (it is closed, never lent).
+    #[error("connection to {origin} failed its health check: {reason}")]
+    HealthCheckFailed {
+        /// The origin, as `scheme://host:port`.
+        origin: String,
+        /// What the check found.
+        reason: String,
+    },
+
     /// The request failed on an established connection.
     #[error("request to {origin} failed: {source}")]
     Request {
@@ -142,9 +174,22 @@ impl Error {
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }
             | Error::Request { .. }
+            | Error::RequestTimeout { .. }
+            | Error::HealthCheckFailed { .. }
             | Error::Body { .. } => ErrorKind::Origin,
+            Error::OriginUnavailable { .. } => ErrorKind::Unavailable,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Shutdown { .. } => ErrorKind::Shutdown,
+        }
+    }
+
+    /// When a retry may succeed, where the pool knows (an origin whose
+    /// connects keep failing is backed off until then): the value for a
+    /// `Retry-After` header.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::OriginUnavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

@@ -434,3 +434,54 @@ fn the_reaper_stops_when_the_last_handle_is_dropped() {
         eventually("the reaper stopped", || metrics.num_alive_tasks() == before).await;
     });
 }
+
+#[tokio::test]
+async fn a_get_racing_the_peer_close_never_fails() {
+    // No waiting for the close event: whichever of the pool's defences sees
+    // it first (the close event, the state check at lend time, the transport
+    // handing back an unsent request, or the idempotent retry on a fresh
+    // connection), every GET succeeds (hyper #2136).
+    let origin = TestOrigin::start(Options::plain()).await;
+    let pool = builder(&origin).build().unwrap();
+    for i in 0..50 {
+        fetch(&pool, &origin.url("/"))
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        origin.close_idle_connections();
+    }
+    let s = pool.stats().total;
+    assert_eq!(s.rq_active, 0);
+    assert!(s.cx_total >= 2, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_post_without_idempotency_key_is_not_retried() {
+    // A POST races the origin closing its connection: the error comes back
+    // rather than risk sending it twice. (The race is not always lost; the
+    // assertion is that no POST was ever sent twice.)
+    let origin = TestOrigin::start(Options::plain()).await;
+    let pool = builder(&origin).build().unwrap();
+    let mut failures = 0usize;
+    for _ in 0..30 {
+        fetch(&pool, &origin.url("/")).await.unwrap();
+        origin.close_idle_connections();
+        let post = http::Request::post(origin.url("/"))
+            .body(http_body_util::Full::new(Bytes::from("x")))
+            .unwrap();
+        match within("post", pool.request(post)).await {
+            Ok(r) => drop(within("body", r.into_body().collect()).await),
+            Err(e) => {
+                assert!(e.is_origin_failure(), "{e:?}");
+                failures += 1;
+            }
+        }
+    }
+    let s = pool.stats().total;
+    // Retries only ever come from requests the transport proved unsent.
+    assert!(s.rq_retry <= 30 + failures as u64, "{s:?}");
+    assert_eq!(
+        origin.requests(),
+        30 + (30 - failures),
+        "no POST reached the origin twice"
+    );
+}

@@ -14,6 +14,8 @@ pub enum CloseReason {
     Error,
     /// It was draining (GOAWAY, recycling) and its last lease ended.
     Drained,
+    /// It failed a health check (PING unanswered, found dead when idle).
+    HealthCheck,
     /// The pool was shut down.
     Shutdown,
 }
@@ -26,6 +28,7 @@ impl CloseReason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::Error => "error",
             CloseReason::Drained => "drained",
+            CloseReason::HealthCheck => "health_check",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -101,6 +104,8 @@ pub struct DestroyCounts {
     pub error: u64,
     /// Closed after draining (GOAWAY, recycling).
     pub drained: u64,
+    /// Closed after failing a health check.
+    pub health_check: u64,
     /// Closed by pool shutdown.
     pub local: u64,
 }
@@ -108,7 +113,7 @@ pub struct DestroyCounts {
 impl DestroyCounts {
     /// All destroyed connections.
     pub fn total(&self) -> u64 {
-        self.idle_timeout + self.remote + self.error + self.drained + self.local
+        self.idle_timeout + self.remote + self.error + self.drained + self.health_check + self.local
     }
 
     pub(crate) fn count(&mut self, reason: CloseReason) {
@@ -117,6 +122,7 @@ impl DestroyCounts {
             CloseReason::PeerClosed => self.remote += 1,
             CloseReason::Error => self.error += 1,
             CloseReason::Drained => self.drained += 1,
+            CloseReason::HealthCheck => self.health_check += 1,
             CloseReason::Shutdown => self.local += 1,
         }
     }
@@ -126,6 +132,7 @@ impl DestroyCounts {
         self.remote += o.remote;
         self.error += o.error;
         self.drained += o.drained;
+        self.health_check += o.health_check;
         self.local += o.local;
     }
 }

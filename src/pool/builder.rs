@@ -5,9 +5,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::shard::Settings;
 use super::{Pool, PoolInner, reaper};
 use crate::Error;
-use crate::core::{CoreConfig, Stats};
+use crate::core::{BackoffConfig, CoreConfig, RecycleConfig, Stats};
+use crate::health::{DefaultHealthCheck, HealthCheck};
+use crate::recycle::RetirePolicy;
 use crate::transport::Transport;
 
 /// Configures a [`Pool`]. Every limit applies per origin.
@@ -23,22 +26,30 @@ use crate::transport::Transport;
 ///     .max_pending_per_origin(256)
 ///     .checkout_timeout(Duration::from_millis(500))
 ///     .idle_timeout(Some(Duration::from_secs(30)))
+///     .max_age(Some(Duration::from_secs(300)))
+///     .request_timeout(Some(Duration::from_secs(10)))
 ///     .build()
 ///     .unwrap();
 /// # drop(pool); }
 /// ```
-#[derive(Debug, Clone)]
-pub struct PoolBuilder<T> {
+pub struct PoolBuilder<T: Transport> {
     transport: T,
     core: CoreConfig,
     checkout_timeout: Duration,
     connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    retry_idempotent: bool,
+    check_after_idle: Option<Duration>,
+    ping_interval: Option<Duration>,
+    health: Arc<dyn HealthCheck<T::Conn>>,
+    retire: Option<Arc<dyn RetirePolicy<T::Conn>>>,
 }
 
 impl<T: Transport> PoolBuilder<T> {
     pub(crate) fn new(transport: T) -> Self {
         let core = CoreConfig {
             expected_slots: transport.expected_slots().max(1),
+            seed: random_seed(),
             ..CoreConfig::default()
         };
         PoolBuilder {
@@ -46,6 +57,12 @@ impl<T: Transport> PoolBuilder<T> {
             core,
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            retry_idempotent: true,
+            check_after_idle: None,
+            ping_interval: Some(Duration::from_secs(30)),
+            health: Arc::new(DefaultHealthCheck::default()),
+            retire: None,
         }
     }
 
@@ -76,9 +93,19 @@ impl<T: Transport> PoolBuilder<T> {
         self
     }
 
-    /// Close connections idle this long (default 90 s, which is below the
-    /// keep-alive timeouts common origins use... for nginx 75 s, lower it;
-    /// `None` keeps idle connections until the peer closes them).
+    /// How long a request may wait for its response head once sent, before
+    /// it fails with [`Error::RequestTimeout`] and its connection is closed
+    /// (default None: tower's `timeout` layer or the caller's own deadline
+    /// decides). This is what finds a blackholed HTTP/1.1 connection.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Close connections idle this long (default 90 s; `None` keeps idle
+    /// connections until the peer closes them). Keep it below the origin's
+    /// keep-alive timeout; an origin that sends `Keep-Alive: timeout=N` is
+    /// honoured automatically.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.core.idle_timeout = timeout;
         self
@@ -92,45 +119,122 @@ impl<T: Transport> PoolBuilder<T> {
         self
     }
 
+    /// Retire connections this old (default None), jittered by
+    /// `max_age_jitter` so connections opened together retire apart.
+    pub fn max_age(mut self, age: Option<Duration>) -> Self {
+        self.core.recycle.max_age = age;
+        self
+    }
+
+    /// The jitter of `max_age`, a fraction in [0, 1) (default 0.1 = ±10%).
+    pub fn max_age_jitter(mut self, fraction: f64) -> Self {
+        self.core.recycle.max_age_jitter = fraction;
+        self
+    }
+
+    /// Retire a connection after this many requests (default None).
+    pub fn max_requests_per_connection(mut self, n: Option<u64>) -> Self {
+        self.core.recycle.max_requests = n;
+        self
+    }
+
+    /// Retire a connection after this many failed requests in a row
+    /// (default Some(5)).
+    pub fn max_consecutive_errors(mut self, n: Option<u32>) -> Self {
+        self.core.recycle.max_consecutive_errors = n;
+        self
+    }
+
+    /// All recycling settings at once.
+    pub fn recycle(mut self, recycle: RecycleConfig) -> Self {
+        self.core.recycle = recycle;
+        self
+    }
+
+    /// How failed connects back off and when the circuit opens (see
+    /// [`BackoffConfig`]; default: base 100 ms, cap 10 s, threshold 5).
+    pub fn connect_backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.core.backoff = backoff;
+        self
+    }
+
+    /// Send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE,
+    /// or any method with an `Idempotency-Key` header) whose body is in
+    /// memory once more, on a fresh connection, when it failed on a reused
+    /// connection before any byte of the response arrived (default true).
+    /// Turning it off saves copying such requests' headers.
+    pub fn retry_idempotent(mut self, retry: bool) -> Self {
+        self.retry_idempotent = retry;
+        self
+    }
+
+    /// Check a connection idle at least this long before lending it
+    /// (default None: the cheap dead-socket check at lend time only).
+    pub fn check_after_idle(mut self, after: Option<Duration>) -> Self {
+        self.check_after_idle = after;
+        self
+    }
+
+    /// Check idle connections this often in the background: a PING for
+    /// HTTP/2 and HTTP/3, the dead-socket check for HTTP/1.1 (default 30 s).
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Your own health check (default [`DefaultHealthCheck`]).
+    pub fn health_check(mut self, check: impl HealthCheck<T::Conn>) -> Self {
+        self.health = Arc::new(check);
+        self
+    }
+
+    /// Your own reason to retire connections, asked after each request.
+    pub fn retire_policy(mut self, policy: impl RetirePolicy<T::Conn>) -> Self {
+        self.retire = Some(Arc::new(policy));
+        self
+    }
+
     /// Validates the configuration and starts the pool. Must be called
-    /// inside a tokio runtime (the pool spawns its idle reaper there).
+    /// inside a tokio runtime (the pool spawns its background task there).
     pub fn build(self) -> Result<Pool<T>, Error> {
-        let field = |name: &'static str, e: Error| match e {
-            Error::InvalidConfig { value, reason, .. } => Error::InvalidConfig {
-                field: name,
+        self.core.validate().map_err(|e| match e {
+            Error::InvalidConfig {
+                field: "max_connections",
+                value,
+                reason,
+            } => Error::InvalidConfig {
+                field: "max_connections_per_origin",
                 value,
                 reason,
             },
             other => other,
-        };
-        self.core.validate().map_err(|e| match &e {
-            Error::InvalidConfig {
-                field: "max_connections",
-                ..
-            } => field("max_connections_per_origin", e),
-            _ => e,
         })?;
-        if self.checkout_timeout.is_zero() {
-            return Err(Error::config(
-                "checkout_timeout",
-                self.checkout_timeout,
-                "must be above zero",
-            ));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::config(
-                "connect_timeout",
-                self.connect_timeout,
-                "must be above zero",
-            ));
+        for (field, value) in [
+            ("checkout_timeout", Some(self.checkout_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("request_timeout", self.request_timeout),
+            ("check_after_idle", self.check_after_idle),
+            ("ping_interval", self.ping_interval),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(Error::config(field, Duration::ZERO, "must be above zero"));
+            }
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let inner = Arc::new(PoolInner {
-            transport: Arc::new(self.transport),
+            settings: Arc::new(Settings {
+                transport: self.transport,
+                connect_timeout: self.connect_timeout,
+                check_after_idle: self.check_after_idle,
+                health: self.health,
+                retire: self.retire,
+            }),
             core_config: self.core,
             checkout_timeout: self.checkout_timeout,
-            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            retry_idempotent: self.retry_idempotent,
+            ping_interval: self.ping_interval,
             shards: RwLock::new(HashMap::default()),
             retired: Mutex::new(Stats::default()),
             shut_down: AtomicBool::new(false),
@@ -139,4 +243,25 @@ impl<T: Transport> PoolBuilder<T> {
         runtime.spawn(reaper::run(Arc::downgrade(&inner), stop_rx));
         Ok(Pool { inner })
     }
+}
+
+impl<T: Transport + std::fmt::Debug> std::fmt::Debug for PoolBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("transport", &self.transport)
+            .field("core", &self.core)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A seed for the core's jitter: different in every pool, so pools started
+/// together do not retire or back off in step.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish()
 }

@@ -3,6 +3,7 @@
 mod body;
 mod builder;
 mod reaper;
+mod replay;
 mod shard;
 mod stats;
 
@@ -21,8 +22,11 @@ pub use shard::Lease;
 pub use stats::{OriginStats, PoolStats};
 
 use crate::core::{CoreConfig, Stats};
-use crate::transport::{Connection, RequestBody, SendError, Transport};
+use crate::recycle::KeepAlive;
+use crate::transport::{ConnState, Connection, Protocol, RequestBody, SendError, Transport};
 use crate::{BoxError, Error, Origin};
+use replay::Replay;
+use shard::Settings;
 use shard::Shard;
 
 /// Origin → shard. `Origin` hashes to its precomputed keyed hash, so the map
@@ -83,10 +87,12 @@ impl<T: Transport> Clone for Pool<T> {
 }
 
 pub(crate) struct PoolInner<T: Transport> {
-    transport: Arc<T>,
+    settings: Arc<Settings<T>>,
     core_config: CoreConfig,
     checkout_timeout: Duration,
-    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    retry_idempotent: bool,
+    ping_interval: Option<Duration>,
     shards: RwLock<ShardMap<T>>,
     /// Counters of origins whose idle entries were removed, so totals never
     /// go backwards.
@@ -156,16 +162,47 @@ impl<T: Transport> Pool<T> {
     {
         let shard = self.shard(&origin)?;
         let mut deadline = shard::Deadline::after(self.inner.checkout_timeout);
+        let mut request = request;
+        let replay = if self.inner.retry_idempotent {
+            Replay::capture(&mut request)
+        } else {
+            None
+        };
         let mut request = request.map(|b| RequestBody::new(b.map_err(Into::into)));
-        let mut attempt = 0;
+        let mut unsent_retries = 0;
+        let mut retried = false;
         loop {
-            let lease = shard.checkout(&mut deadline).await?;
+            let lease = if retried {
+                shard.checkout_fresh(&mut deadline).await?
+            } else {
+                shard.checkout(&mut deadline).await?
+            };
             let conn = lease.connection_arc();
             let grant = lease.grant();
-            match conn.send(request).await {
+            let sent = match self.inner.request_timeout {
+                None => conn.send(request).await,
+                Some(timeout) => match tokio::time::timeout(timeout, conn.send(request)).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        // No answer: a blackholed or stuck peer. The request
+                        // may have been processed, so it is not retried.
+                        lease.discard();
+                        return Err(Error::RequestTimeout {
+                            origin: origin.to_string(),
+                            timeout,
+                        });
+                    }
+                },
+            };
+            match sent {
                 Ok(response) => {
                     if grant.reused {
                         tracing::trace!(origin = %origin, conn = %grant.conn, idle_ms = grant.idle_for.as_millis() as u64, "reused connection");
+                    }
+                    if conn.protocol() == Protocol::Http1 {
+                        if let Some(hint) = KeepAlive::from_headers(response.headers()) {
+                            shard.keep_alive_hint(grant.conn, hint);
+                        }
                     }
                     let (mut parts, body) = response.into_parts();
                     parts.extensions.insert(lease.info());
@@ -174,20 +211,38 @@ impl<T: Transport> Pool<T> {
                 Err(SendError {
                     unsent: Some(unsent),
                     error,
-                }) if attempt < MAX_UNSENT_RETRIES => {
+                }) if unsent_retries < MAX_UNSENT_RETRIES => {
                     // The connection was closed before the request left: it
                     // is safe to send on another one, whatever the method.
                     tracing::debug!(origin = %origin, conn = %grant.conn, %error, "connection closed before send; retrying on another");
                     shard.report_closed(grant.conn);
                     lease.discard();
                     shard.record_retry();
-                    attempt += 1;
+                    unsent_retries += 1;
                     request = unsent;
                 }
                 Err(SendError { error, .. }) => {
                     tracing::debug!(origin = %origin, conn = %grant.conn, %error, "request failed");
-                    lease.discard();
-                    return Err(error);
+                    // A multiplexed connection survives one failed stream.
+                    if conn.reusable_after_abandoned_body() && conn.state() == ConnState::Ready {
+                        lease.release_failed();
+                    } else {
+                        lease.discard();
+                    }
+                    match &replay {
+                        // Failed on a reused connection before any byte of
+                        // a response: most likely the origin closed it just
+                        // as we sent (hyper #2136). The request is safe to
+                        // send twice and its body is in memory, so it goes
+                        // once more, on a fresh connection.
+                        Some(replay) if grant.reused && !retried => {
+                            tracing::debug!(origin = %origin, conn = %grant.conn, "retrying an idempotent request on a fresh connection");
+                            shard.record_retry();
+                            retried = true;
+                            request = replay.request();
+                        }
+                        _ => return Err(error),
+                    }
                 }
             }
         }
@@ -249,11 +304,13 @@ impl<T: Transport> Pool<T> {
         if let Some(shard) = shards.get(origin) {
             return Ok(Arc::clone(shard));
         }
+        let mut config = self.inner.core_config.clone();
+        // Each origin's jitter draws from its own sequence.
+        config.seed ^= origin_seed(origin);
         let shard = Arc::new(Shard::new(
             origin.clone(),
-            self.inner.core_config.clone(),
-            Arc::clone(&self.inner.transport),
-            self.inner.connect_timeout,
+            config,
+            Arc::clone(&self.inner.settings),
         )?);
         shards.insert(origin.clone(), Arc::clone(&shard));
         Ok(shard)
@@ -290,7 +347,7 @@ impl<T: Transport> Pool<T> {
 
     /// The transport this pool opens connections with.
     pub fn transport(&self) -> &T {
-        &self.inner.transport
+        &self.inner.settings.transport
     }
 }
 
@@ -300,6 +357,13 @@ impl<T: Transport> std::fmt::Debug for Pool<T> {
             .field("origins", &read(&self.inner.shards).len())
             .finish()
     }
+}
+
+fn origin_seed(origin: &Origin) -> u64 {
+    use std::hash::{BuildHasher, Hash};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    origin.hash(&mut h);
+    h.finish()
 }
 
 fn absolute_uri(origin: &Origin, uri: &Uri) -> Result<Uri, Error> {

@@ -42,6 +42,11 @@ fn pass<T: Transport>(inner: &Arc<PoolInner<T>>) -> Option<std::time::Instant> {
     let shards: Vec<_> = read(&inner.shards).values().cloned().collect();
     let mut next: Option<std::time::Instant> = None;
     let mut empty = false;
+    if let Some(interval) = inner.ping_interval {
+        for shard in &shards {
+            shard.health_pass(interval);
+        }
+    }
     for shard in &shards {
         if let Some(t) = shard.handle_timeout() {
             next = Some(next.map_or(t, |n| n.min(t)));

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::core::{
-    Action, CloseReason, ConnId, CoreConfig, Grant, OriginPool, RejectReason, WaitFailure, WaiterId,
+    Action, CloseReason, ConnId, CoreConfig, Grant, OriginPool, RejectReason, RetireReason,
+    WaitFailure, WaiterId,
 };
+use crate::health::HealthCheck;
+use crate::recycle::RetirePolicy;
 use crate::transport::{ConnEvent, ConnEvents, ConnState, Connection, Transport};
 use crate::{Error, Origin};
 
@@ -50,8 +53,16 @@ pub(crate) fn now() -> Instant {
 pub(crate) struct Shard<T: Transport> {
     pub(crate) origin: Origin,
     locked: Mutex<Locked<T::Conn>>,
-    transport: Arc<T>,
-    connect_timeout: Duration,
+    settings: Arc<Settings<T>>,
+}
+
+/// What every origin of a pool shares.
+pub(crate) struct Settings<T: Transport> {
+    pub(crate) transport: T,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) check_after_idle: Option<Duration>,
+    pub(crate) health: Arc<dyn HealthCheck<T::Conn>>,
+    pub(crate) retire: Option<Arc<dyn RetirePolicy<T::Conn>>>,
 }
 
 /// What the shard's mutex guards.
@@ -67,8 +78,7 @@ impl<T: Transport> Shard<T> {
     pub(crate) fn new(
         origin: Origin,
         config: CoreConfig,
-        transport: Arc<T>,
-        connect_timeout: Duration,
+        settings: Arc<Settings<T>>,
     ) -> Result<Self, Error> {
         Ok(Shard {
             origin,
@@ -76,8 +86,7 @@ impl<T: Transport> Shard<T> {
                 core: OriginPool::new(config)?,
                 room_wakers: Vec::new(),
             }),
-            transport,
-            connect_timeout,
+            settings,
         })
     }
 
@@ -108,7 +117,7 @@ impl<T: Transport> Shard<T> {
             let result = f(core, now);
             while let Some(action) = core.poll_action() {
                 match action {
-                    Action::Connect(id) => self.spawn_connect(id),
+                    Action::Connect(id) => self.spawn_connect(id, None),
                     Action::Wake { waiter, grant } => {
                         let conn = core.conn(grant.conn).cloned();
                         let sent = match conn {
@@ -154,41 +163,86 @@ impl<T: Transport> Shard<T> {
             WaitFailure::ConnectFailed => connect_error.cloned().unwrap_or_else(|| {
                 Error::connect(&self.origin, "connection closed during its handshake")
             }),
+            WaitFailure::CircuitOpen { retry_after } => Error::OriginUnavailable {
+                origin: self.origin.to_string(),
+                retry_after,
+            },
             _ => Error::Shutdown {
                 reason: "the pool was shut down while the request waited",
             },
         }
     }
 
-    fn spawn_connect(self: &Arc<Self>, id: ConnId) {
+    /// Opens a connection for the core's attempt `id`. A reserved attempt
+    /// (for one retrying request) sends its first slot, or its failure, to
+    /// `reply`. Either way the connect runs to its end on its own task, even
+    /// if the request that caused it is cancelled: it then joins the pool
+    /// (aborting handshakes under load only causes more of them).
+    fn spawn_connect(
+        self: &Arc<Self>,
+        id: ConnId,
+        reply: Option<oneshot::Sender<Served<T::Conn>>>,
+    ) {
         let shard = Arc::clone(self);
         tracing::debug!(origin = %self.origin, conn = %id, "connecting");
         tokio::spawn(async move {
             let events = shard.events_for(id);
+            let timeout = shard.settings.connect_timeout;
             let outcome = tokio::time::timeout(
-                shard.connect_timeout,
-                shard.transport.connect(&shard.origin, events),
+                timeout,
+                shard.settings.transport.connect(&shard.origin, events),
             )
             .await;
-            let result = match outcome {
-                Ok(result) => result,
-                Err(_) => Err(Error::ConnectTimeout {
+            let result = outcome.unwrap_or_else(|_| {
+                Err(Error::ConnectTimeout {
                     origin: shard.origin.to_string(),
-                    timeout: shard.connect_timeout,
-                }),
-            };
+                    timeout,
+                })
+            });
             match result {
                 Ok(conn) => {
                     let slots = conn.slots();
                     let conn = Arc::new(CacheLine(conn));
                     tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
-                    let rejected = shard
-                        .with_core(None, |core, now| core.connected(id, now, slots, conn).err());
-                    drop(rejected); // abandoned meanwhile (pool shut down): close it
+                    let handle = Arc::clone(&conn);
+                    let outcome =
+                        shard.with_core(None, |core, now| core.connected(id, now, slots, conn));
+                    match (outcome, reply) {
+                        (Ok(Some(grant)), Some(reply)) => {
+                            if reply.send(Ok((grant, handle))).is_err() {
+                                shard.with_core(None, |core, now| {
+                                    core.release(grant.conn, now, true)
+                                });
+                            }
+                        }
+                        (Ok(Some(grant)), None) => {
+                            shard.with_core(None, |core, now| core.release(grant.conn, now, true));
+                        }
+                        (Ok(None), Some(reply)) => {
+                            // Reserved, but the peer allows no stream: the
+                            // requester falls back to waiting.
+                            let _ = reply.send(Err(Error::connect(
+                                &shard.origin,
+                                "the new connection allows no requests",
+                            )));
+                        }
+                        (Ok(None), None) => {}
+                        (Err(rejected), reply) => {
+                            drop(rejected); // abandoned meanwhile (pool shut down): close it
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(Error::Shutdown {
+                                    reason: "the pool was shut down while connecting",
+                                }));
+                            }
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(origin = %shard.origin, conn = %id, %error, "connect failed");
                     shard.with_core(Some(&error), |core, now| core.connect_failed(id, now));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
                 }
             }
         });
@@ -222,12 +276,25 @@ impl<T: Transport> Shard<T> {
             let (grant, conn) = self.checkout_once(deadline).await?;
             match conn.state() {
                 ConnState::Ready => {
-                    return Ok(Lease {
+                    let lease = Lease {
                         shard: Arc::clone(self),
                         conn,
                         grant,
                         released: false,
-                    });
+                    };
+                    if self
+                        .settings
+                        .check_after_idle
+                        .is_some_and(|after| grant.idle_for >= after)
+                    {
+                        if let Err(error) = self.settings.health.check(&lease.conn).await {
+                            tracing::debug!(origin = %self.origin, conn = %grant.conn, %error, "idle connection failed its check; not lending it");
+                            lease.discard_as(CloseReason::HealthCheck);
+                            continue;
+                        }
+                        self.with_core(None, |core, now| core.checked(grant.conn, now));
+                    }
+                    return Ok(lease);
                 }
                 state => {
                     tracing::debug!(origin = %self.origin, conn = %grant.conn, ?state, "skipping a connection that is no longer ready");
@@ -266,6 +333,12 @@ impl<T: Transport> Shard<T> {
         let (id, rx, at) = match attempt {
             Checkout::Granted(grant, conn) => return Ok((grant, conn)),
             Checkout::Queued(id, rx, at) => (id, rx, at),
+            Checkout::Rejected(RejectReason::CircuitOpen { retry_after }) => {
+                return Err(Error::OriginUnavailable {
+                    origin: self.origin.to_string(),
+                    retry_after,
+                });
+            }
             Checkout::Rejected(RejectReason::Overflow) => {
                 return Err(Error::PendingOverflow {
                     origin: self.origin.to_string(),
@@ -284,6 +357,66 @@ impl<T: Transport> Shard<T> {
             rx: Some(rx),
         };
         guard.wait(tokio::time::Instant::from_std(at)).await
+    }
+
+    /// A slot on a connection opened for this request alone (a safe retry
+    /// after a reused connection failed). Falls back to an ordinary
+    /// checkout when no fresh connection can be had (circuit open, or the
+    /// limit reached with nothing idle to close).
+    pub(crate) async fn checkout_fresh(
+        self: &Arc<Self>,
+        deadline: &mut Deadline,
+    ) -> Result<Lease<T>, Error> {
+        let Some(id) = self.with_core(None, |core, now| core.reserve_connect(now)) else {
+            return self.checkout(deadline).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.spawn_connect(id, Some(tx));
+        match rx.await {
+            Ok(Ok((grant, conn))) => Ok(Lease {
+                shard: Arc::clone(self),
+                conn,
+                grant,
+                released: false,
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Shutdown {
+                reason: "the pool was dropped while connecting",
+            }),
+        }
+    }
+
+    /// The periodic health check of idle connections: multiplexed ones are
+    /// PINGed, HTTP/1.1 ones asked for their state. Checks run on their own
+    /// tasks; a failed one closes its connection.
+    pub(crate) fn health_pass(self: &Arc<Self>, interval: Duration) {
+        let due: Vec<(ConnId, ConnRef<T::Conn>)> = self.with_core(None, |core, now| {
+            core.due_for_check(now, interval)
+                .into_iter()
+                .filter_map(|id| core.conn(id).map(|c| (id, Arc::clone(c))))
+                .collect()
+        });
+        for (id, conn) in due {
+            let shard = Arc::clone(self);
+            tokio::spawn(async move {
+                match shard.settings.health.check(&conn).await {
+                    Ok(()) => shard.with_core(None, |core, now| core.checked(id, now)),
+                    Err(error) => {
+                        tracing::debug!(origin = %shard.origin, conn = %id, %error, "idle connection failed its periodic check");
+                        shard.with_core(None, |core, now| {
+                            core.close(id, now, CloseReason::HealthCheck)
+                        });
+                    }
+                }
+            });
+        }
+    }
+
+    /// Applies an origin's Keep-Alive hint to a connection.
+    pub(crate) fn keep_alive_hint(self: &Arc<Self>, conn: ConnId, hint: crate::recycle::KeepAlive) {
+        self.with_core(None, |core, now| {
+            core.keep_alive_hint(conn, now, hint.timeout, hint.max)
+        });
     }
 
     /// Reports a connection found closed when a request was about to use it.
@@ -501,6 +634,28 @@ impl<T: Transport> Lease<T> {
         self.finish(false);
     }
 
+    /// Returns the slot after a request failed on a connection that
+    /// survives it (a reset stream on HTTP/2); too many such failures in a
+    /// row retire the connection.
+    pub fn release_failed(mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let id = self.grant.conn;
+        self.shard
+            .with_core(None, |core, now| core.release_failed(id, now));
+    }
+
+    pub(crate) fn discard_as(mut self, reason: CloseReason) {
+        self.released = true;
+        let id = self.grant.conn;
+        self.shard.with_core(None, |core, now| {
+            core.close(id, now, reason);
+            core.release(id, now, true);
+        });
+    }
+
     fn finish(&mut self, ok: bool) {
         if self.released {
             return;
@@ -512,8 +667,19 @@ impl<T: Transport> Lease<T> {
         } else {
             ConnState::Closed
         };
+        // The application's policy is asked only after a clean end, and
+        // only when one is set (building the info costs a clone).
+        let retire = ok
+            && state == ConnState::Ready
+            && self
+                .shard
+                .settings
+                .retire
+                .as_ref()
+                .is_some_and(|policy| policy.should_retire(&self.conn, &self.info()));
         self.shard.with_core(None, |core, now| {
             match state {
+                ConnState::Ready if retire => core.retire(id, now, RetireReason::Application),
                 ConnState::Ready => {}
                 ConnState::Draining => core.drain(id, now),
                 ConnState::Closed if ok => core.close(id, now, CloseReason::PeerClosed),
