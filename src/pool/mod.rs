@@ -360,10 +360,8 @@ impl<T: Transport> std::fmt::Debug for Pool<T> {
 }
 
 fn origin_seed(origin: &Origin) -> u64 {
-    use std::hash::{BuildHasher, Hash};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    origin.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(origin)
 }
 
 fn absolute_uri(origin: &Origin, uri: &Uri) -> Result<Uri, Error> {
