@@ -485,3 +485,58 @@ async fn a_post_without_idempotency_key_is_not_retried() {
         "no POST reached the origin twice"
     );
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let origin = TestOrigin::start(Options::plain()).await;
+    let pool = builder(&origin).build().unwrap();
+    let slow = tokio::spawn({
+        let (pool, uri) = (pool.clone(), origin.url("/?delay_ms=200"));
+        async move { fetch(&pool, &uri).await.map(|_| ()) }
+    });
+    let p = pool.clone();
+    eventually("the request is in flight", move || {
+        p.stats().total.rq_active == 1
+    })
+    .await;
+    let finished = within(
+        "graceful shutdown",
+        pool.shutdown_gracefully(Duration::from_secs(20)),
+    )
+    .await;
+    assert!(finished, "everything finished within the grace period");
+    within("slow request", slow).await.unwrap().unwrap();
+    let s = pool.stats().total;
+    assert!(s.gauges_are_zero(), "{s:?}");
+    assert_eq!(s.cx_destroy.drained, 1);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_what_outlives_the_grace_period() {
+    let origin = TestOrigin::start(Options::plain()).await;
+    let pool = builder(&origin).build().unwrap();
+    let stuck = tokio::spawn({
+        let (pool, uri) = (pool.clone(), origin.url("/?delay_ms=60000"));
+        async move { pool.request(get(&uri)).await.map(|_| ()) }
+    });
+    let p = pool.clone();
+    eventually("the request is in flight", move || {
+        p.stats().total.rq_active == 1
+    })
+    .await;
+    let finished = within(
+        "shutdown",
+        pool.shutdown_gracefully(Duration::from_millis(50)),
+    )
+    .await;
+    assert!(!finished);
+    let err = within("stuck request", stuck).await.unwrap().unwrap_err();
+    assert!(err.is_origin_failure(), "{err:?}");
+    let s = pool.stats().total;
+    assert!(s.gauges_are_zero(), "{s:?}");
+    assert_eq!(s.cx_destroy.local, 1);
+    eventually("the origin saw the close", || {
+        origin.open_connections() == 0
+    })
+    .await;
+}

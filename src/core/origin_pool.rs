@@ -168,6 +168,13 @@ impl<C, W> OriginPool<C, W> {
         self.conns.get(id)?.handle.as_ref()
     }
 
+    /// The driver's handles of every open connection.
+    pub fn handles(&self) -> impl Iterator<Item = (ConnId, &C)> {
+        self.conns
+            .iter()
+            .filter_map(|(id, c)| c.handle.as_ref().map(|h| (id, h)))
+    }
+
     /// The phase of a connection, or None once it is closed.
     pub fn phase(&self, id: ConnId) -> Option<Phase> {
         self.conns.get(id).map(|c| c.phase)

@@ -345,6 +345,30 @@ impl<T: Transport> Pool<T> {
         }
     }
 
+    /// Shuts down gracefully: stops lending (as [`shutdown`](Pool::shutdown)),
+    /// lets requests in flight finish for up to `grace`, then closes every
+    /// connection, failing what is still in flight. Returns true if
+    /// everything finished within `grace`.
+    ///
+    /// Connect attempts in flight are closed when they complete; their
+    /// connections never carry a request.
+    pub async fn shutdown_gracefully(&self, grace: Duration) -> bool {
+        self.shutdown();
+        let shards: Vec<Arc<Shard<T>>> = read(&self.inner.shards).values().cloned().collect();
+        let all_drained = async {
+            for shard in &shards {
+                shard.drained().await;
+            }
+        };
+        let finished = tokio::time::timeout(grace, all_drained).await.is_ok();
+        if !finished {
+            for shard in &shards {
+                shard.force_close();
+            }
+        }
+        finished
+    }
+
     /// The transport this pool opens connections with.
     pub fn transport(&self) -> &T {
         &self.inner.settings.transport

@@ -53,6 +53,8 @@ pub(crate) fn now() -> Instant {
 pub(crate) struct Shard<T: Transport> {
     pub(crate) origin: Origin,
     locked: Mutex<Locked<T::Conn>>,
+    /// Woken when a shut-down origin has nothing left (graceful shutdown).
+    drained: tokio::sync::Notify,
     settings: Arc<Settings<T>>,
 }
 
@@ -87,6 +89,7 @@ impl<T: Transport> Shard<T> {
                 room_wakers: Vec::new(),
             }),
             settings,
+            drained: tokio::sync::Notify::new(),
         })
     }
 
@@ -147,6 +150,9 @@ impl<T: Transport> Shard<T> {
             }
             if !room_wakers.is_empty() && core.has_room() {
                 room_wakers.drain(..).for_each(Waker::wake);
+            }
+            if core.is_shut_down() && core.is_empty() {
+                self.drained.notify_waiters();
             }
             result
         };
@@ -440,6 +446,32 @@ impl<T: Transport> Shard<T> {
 
     pub(crate) fn shutdown(self: &Arc<Self>) {
         self.with_core(None, |core, now| core.shutdown(now));
+    }
+
+    /// Waits until this (shut down) origin has nothing open or leased.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a drain in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes every connection now, aborting what they carry.
+    pub(crate) fn force_close(self: &Arc<Self>) {
+        let handles: Vec<ConnRef<T::Conn>> = self.with_core(None, |core, now| {
+            let handles = core.handles().map(|(_, h)| Arc::clone(h)).collect();
+            core.force_close_all(now);
+            handles
+        });
+        for conn in handles {
+            conn.abort();
+        }
     }
 
     pub(crate) fn stats(&self) -> crate::core::Stats {

@@ -206,11 +206,20 @@ impl<C: Connector> Transport for Http1<C> {
         });
         let task_lifecycle = lifecycle.clone();
         let task_origin = origin.clone();
+        let abort = Arc::new(tokio::sync::Notify::new());
+        let task_abort = abort.clone();
         runtime.spawn(async move {
-            match conn.await {
-                Ok(()) => tracing::debug!(origin = %task_origin, "HTTP/1.1 connection closed"),
-                Err(error) => {
-                    tracing::debug!(origin = %task_origin, %error, "HTTP/1.1 connection failed")
+            tokio::select! {
+                result = conn => match result {
+                    Ok(()) => tracing::debug!(origin = %task_origin, "HTTP/1.1 connection closed"),
+                    Err(error) => {
+                        tracing::debug!(origin = %task_origin, %error, "HTTP/1.1 connection failed")
+                    }
+                },
+                // Dropping hyper's connection future closes the socket; the
+                // request in flight, if any, fails.
+                () = task_abort.notified() => {
+                    tracing::debug!(origin = %task_origin, "HTTP/1.1 connection aborted")
                 }
             }
             task_lifecycle.to_closed();
@@ -218,6 +227,7 @@ impl<C: Connector> Transport for Http1<C> {
         tracing::debug!(%origin, "HTTP/1.1 connection open");
 
         Ok(Http1Connection {
+            abort,
             origin: origin.clone(),
             sender: Mutex::new(Some(sender)),
             lifecycle,
@@ -228,6 +238,8 @@ impl<C: Connector> Transport for Http1<C> {
 /// One HTTP/1.1 connection. Dropping it lets the connection finish the
 /// response in flight (if any) and close.
 pub struct Http1Connection {
+    /// Tells the connection task to drop the connection now.
+    abort: Arc<tokio::sync::Notify>,
     origin: Origin,
     /// `None` while a send is between taking the sender and handing the
     /// request to hyper; the lock is never held across an await.
@@ -417,6 +429,11 @@ impl Connection for Http1Connection {
 
     fn reusable_after_abandoned_body(&self) -> bool {
         false
+    }
+
+    fn abort(&self) {
+        // notify_one keeps a permit if the task is not waiting yet.
+        self.abort.notify_one();
     }
 }
 

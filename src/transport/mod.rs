@@ -123,6 +123,12 @@ pub trait Connection: Send + Sync + 'static {
         }
     }
 
+    /// Closes the connection now, failing whatever it carries. The pool
+    /// calls it when a graceful shutdown's deadline has passed. The default
+    /// does nothing: the connection then closes when its last handle is
+    /// dropped, i.e. when its requests end.
+    fn abort(&self) {}
+
     /// Whether the connection may carry another request after a response
     /// body was dropped before its end. HTTP/1.1 cannot (the rest of the body
     /// is still on the wire); multiplexed protocols reset the one stream.
