@@ -12,6 +12,10 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
+    SetTargets {
+        warm: usize,
+        max: usize,
+    },
     Checkout {
         deadline_ms: u64,
     },
@@ -77,6 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), prop::option::of(0u64..300), prop::option::of(0u64..4))
             .prop_map(|(pick, timeout_ms, max)| Op::KeepAliveHint { pick, timeout_ms, max }),
         1 => any::<usize>().prop_map(|pick| Op::Retire { pick }),
+        1 => (0usize..5, 0usize..6).prop_map(|(warm, max)| Op::SetTargets { warm, max }),
     ]
 }
 
@@ -94,12 +99,16 @@ fn config() -> impl Strategy<Value = CoreConfig> {
         prop::option::of(1u32..4),
     );
     let backoff = (1u64..50, 1u32..4, any::<u64>());
-    (limits, recycle, backoff).prop_map(
+    let growth = (prop::sample::select(vec![1.0f64, 1.5, 3.0]), 1usize..3);
+    (limits, recycle, backoff, growth).prop_map(
         |(
             (max_connections, max_pending, idle_ms, open_more, expected_slots),
             (max_age_ms, max_requests, max_errors),
             (base_ms, failure_threshold, seed),
+            (preconnect_ratio, warm_concurrency),
         )| CoreConfig {
+            preconnect_ratio,
+            warm_concurrency,
             max_connections,
             max_pending,
             idle_timeout: idle_ms.map(Duration::from_millis),
@@ -299,6 +308,11 @@ impl Model {
                     self.core
                         .keep_alive_hint(id, now, timeout_ms.map(Duration::from_millis), max);
                 }
+            }
+            Op::SetTargets { warm, max } => {
+                self.core.set_targets(now, warm, max);
+                let (w, m) = self.core.targets();
+                prop_assert!(w <= m, "warm {w} above max {m}");
             }
             Op::Retire { pick } => {
                 if let Some(id) = pick_from(&self.open, pick) {

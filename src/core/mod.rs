@@ -31,6 +31,7 @@
 mod conn_table;
 mod counters;
 mod ids;
+mod load;
 mod origin_pool;
 mod policy;
 mod rng;
@@ -44,6 +45,7 @@ use std::time::Duration;
 pub use conn_table::Phase;
 pub use counters::{CloseReason, DestroyCounts, RetireCounts, RetireReason, Stats};
 pub use ids::{ConnId, WaiterId};
+pub use load::LoadSample;
 pub use origin_pool::{Action, Grant, OriginPool, RejectReason, Rejected, WaitFailure};
 pub use policy::{BackoffConfig, Circuit, RecycleConfig};
 
@@ -68,6 +70,13 @@ pub struct CoreConfig {
     pub recycle: RecycleConfig,
     /// How connect failures are backed off.
     pub backoff: BackoffConfig,
+    /// Keep capacity for this many times the requests in use or waiting,
+    /// opening connections ahead of demand (Envoy's preconnect ratio;
+    /// default 1.0 = only on demand; at least 1.0).
+    pub preconnect_ratio: f64,
+    /// Most connects in flight at once for warming (default 4), so warming
+    /// an origin does not open a burst of handshakes.
+    pub warm_concurrency: usize,
     /// Seed of the core's random numbers (max-age jitter, backoff jitter), so
     /// a test can replay a run exactly. The pool seeds it randomly.
     pub seed: u64,
@@ -83,6 +92,8 @@ impl Default for CoreConfig {
             expected_slots: 1,
             recycle: RecycleConfig::default(),
             backoff: BackoffConfig::default(),
+            preconnect_ratio: 1.0,
+            warm_concurrency: 4,
             seed: 0x5eed,
         }
     }
@@ -103,6 +114,16 @@ impl CoreConfig {
         }
         if self.expected_slots == 0 {
             return Err(Error::config("expected_slots", 0, "must be at least 1"));
+        }
+        if !(self.preconnect_ratio >= 1.0 && self.preconnect_ratio.is_finite()) {
+            return Err(Error::config(
+                "preconnect_ratio",
+                self.preconnect_ratio,
+                "must be a number of at least 1.0",
+            ));
+        }
+        if self.warm_concurrency == 0 {
+            return Err(Error::config("warm_concurrency", 0, "must be at least 1"));
         }
         self.recycle.validate()?;
         self.backoff.validate()

@@ -7,6 +7,7 @@ use super::CoreConfig;
 use super::conn_table::{Conn, ConnTable, Phase};
 use super::counters::{CloseReason, RetireReason, Stats};
 use super::ids::{ConnId, WaiterId};
+use super::load::{LoadMeter, LoadSample};
 use super::policy::Circuit;
 use super::rng::Rng;
 use super::waiters::{Waiter, WaiterQueue};
@@ -22,6 +23,8 @@ pub struct Grant {
     /// How long the connection had been idle (no request on it) before this
     /// grant; zero when it was busy or new.
     pub idle_for: Duration,
+    /// When the slot was granted (for measuring how long requests hold it).
+    pub at: Instant,
 }
 
 /// Why a waiting request was failed by the core.
@@ -123,6 +126,14 @@ pub struct OriginPool<C, W> {
     /// that have since closed.
     rq_active: usize,
     shut_down: bool,
+    /// Connections to keep ready even without demand (the sizing policy's
+    /// warm level, or an explicit warm-up).
+    warm_target: usize,
+    /// The sizing policy's most connections (never above the configured limit).
+    max_target: usize,
+    /// Slots of all ready connections, kept up to date for preconnect.
+    ready_slots: usize,
+    load: LoadMeter,
     circuit: Circuit,
     connect_failures: u32,
     rng: Rng,
@@ -147,6 +158,10 @@ impl<C, W> OriginPool<C, W> {
             draining: 0,
             rq_active: 0,
             shut_down: false,
+            warm_target: 0,
+            max_target: usize::MAX,
+            ready_slots: 0,
+            load: LoadMeter::new(),
             circuit: Circuit::Closed,
             connect_failures: 0,
             stats: Stats::default(),
@@ -346,6 +361,7 @@ impl<C, W> OriginPool<C, W> {
             conn.served_limit = served_limit;
         }
         self.ready += 1;
+        self.ready_slots += slots;
         self.stats.cx_total += 1;
         if slots > 0 {
             self.expected_slots = slots;
@@ -358,6 +374,8 @@ impl<C, W> OriginPool<C, W> {
         let grant = (reserved && self.conns.get(id).is_some_and(Conn::has_free_slot))
             .then(|| self.grant(id, now));
         self.offer(id, now);
+        // Warming continues a few connects at a time.
+        self.start_connects(now);
         Ok(grant)
     }
 
@@ -437,6 +455,7 @@ impl<C, W> OriginPool<C, W> {
         conn.phase = Phase::Draining;
         let idle = conn.leases == 0;
         self.ready -= 1;
+        self.ready_slots -= conn.slots;
         self.draining += 1;
         self.conns.unlink(id);
         if idle {
@@ -452,10 +471,11 @@ impl<C, W> OriginPool<C, W> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        conn.slots = slots;
+        let old = std::mem::replace(&mut conn.slots, slots);
         if conn.phase != Phase::Ready {
             return;
         }
+        self.ready_slots = self.ready_slots - old + slots;
         if slots > 0 {
             self.expected_slots = slots;
         }
@@ -517,13 +537,15 @@ impl<C, W> OriginPool<C, W> {
                 .iter_from_tail()
                 .find(|(_, c)| c.leases == 0)
                 .map(|(id, _)| id)?;
-            self.close_conn(idle, CloseReason::IdleTimeout, now);
+            // Not close_conn: its replanning could take the freed place.
+            self.remove_conn(idle, CloseReason::IdleTimeout);
         }
         let mut conn = Conn::connecting(now);
         conn.reserved = true;
         let id = self.conns.insert(conn);
         self.connecting += 1;
         self.reserved += 1;
+        self.start_connects(now);
         Some(id)
     }
 
@@ -561,6 +583,49 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
+    /// Sets how many connections to keep ready without demand (`warm`) and
+    /// the most to open (`max`, never above the configured limit), as a
+    /// sizing policy computed them. Connects start at once to reach `warm`
+    /// (at most `warm_concurrency` at a time); surplus idle connections go
+    /// only when their idle timeout passes.
+    pub fn set_targets(&mut self, now: Instant, warm: usize, max: usize) {
+        self.max_target = max.max(1);
+        self.warm_target = warm.min(self.config.max_connections).min(self.max_target);
+        self.start_connects(now);
+    }
+
+    /// The warm level and most connections currently targeted.
+    pub fn targets(&self) -> (usize, usize) {
+        (
+            self.warm_target,
+            self.max_target.min(self.config.max_connections),
+        )
+    }
+
+    /// Records how long a request held its slot (its latency as the pool
+    /// sees it), for the sizing policies' L.
+    pub fn observe_latency(&mut self, held: Duration) {
+        self.load.observe_latency(held);
+    }
+
+    /// The load over the time since the last sample: request rate R and mean
+    /// latency L (both exponentially weighted), requests in flight, and the
+    /// slots a connection brings.
+    pub fn load_sample(&mut self, now: Instant) -> LoadSample {
+        let sample = self.load.sample(now, self.stats.rq_total);
+        LoadSample {
+            rate: sample.0,
+            latency: sample.1,
+            in_flight: self.rq_active + self.waiters.len(),
+            slots_per_connection: self.expected_slots.max(1),
+        }
+    }
+
+    /// Ready connections.
+    pub fn ready_count(&self) -> usize {
+        self.ready
+    }
+
     /// The connect circuit's state.
     pub fn circuit(&self) -> Circuit {
         self.circuit
@@ -595,7 +660,10 @@ impl<C, W> OriginPool<C, W> {
                 _ => {}
             }
         }
-        for id in idle {
+        // Idle surplus above the warm level goes; the warm level stays (the
+        // periodic health check keeps it honest).
+        let surplus = self.ready.saturating_sub(self.warm_target);
+        for id in idle.into_iter().take(surplus) {
             self.close_conn(id, CloseReason::IdleTimeout, now);
         }
         if self.config.recycle.max_age.is_some() {
@@ -819,6 +887,7 @@ impl<C, W> OriginPool<C, W> {
             conn: id,
             reused,
             idle_for: if reused { idle_for } else { Duration::ZERO },
+            at: now,
         }
     }
 
@@ -856,12 +925,22 @@ impl<C, W> OriginPool<C, W> {
     }
 
     fn close_conn(&mut self, id: ConnId, reason: CloseReason, now: Instant) {
+        self.remove_conn(id, reason);
+        self.start_connects(now);
+    }
+
+    /// Closes a connection without planning replacements (the caller does,
+    /// once its own bookkeeping is done).
+    fn remove_conn(&mut self, id: ConnId, reason: CloseReason) {
         let Some(conn) = self.conns.remove(id) else {
             return;
         };
         match conn.phase {
             Phase::Connecting => self.connecting -= 1,
-            Phase::Ready => self.ready -= 1,
+            Phase::Ready => {
+                self.ready -= 1;
+                self.ready_slots -= conn.slots;
+            }
             Phase::Draining => self.draining -= 1,
         }
         self.stats.cx_destroy.count(reason);
@@ -870,7 +949,6 @@ impl<C, W> OriginPool<C, W> {
             reason,
             handle: conn.handle,
         });
-        self.start_connects(now);
     }
 
     /// Starts connects while the queue wants more slots than the attempts in
@@ -882,21 +960,56 @@ impl<C, W> OriginPool<C, W> {
             return;
         }
         let per_conn = self.expected_slots.max(1);
-        while self.waiters.len() > (self.connecting - self.reserved) * per_conn
-            && self.connection_count() < self.config.max_connections
-            && (self.config.open_more_when_saturated || self.ready + self.connecting == 0)
-        {
-            match self.circuit {
-                Circuit::Closed => {}
-                Circuit::HalfOpen { probing: false } => {
-                    self.circuit = Circuit::HalfOpen { probing: true }
-                }
-                Circuit::HalfOpen { probing: true } | Circuit::Open { .. } => return,
+        let limit = self.config.max_connections.min(self.max_target.max(1));
+        let may_open = |pool: &Self| {
+            pool.connection_count() < limit
+                && (pool.config.open_more_when_saturated || pool.ready + pool.connecting == 0)
+        };
+        // Demand: waiters beyond what the attempts in flight will bring.
+        while self.waiters.len() > self.coming() * per_conn && may_open(self) {
+            if !self.begin_connect(now) {
+                return;
             }
-            let id = self.conns.insert(Conn::connecting(now));
-            self.connecting += 1;
-            self.actions.push_back(Action::Connect(id));
         }
+        // Preconnect: capacity for `ratio` times what is in use or waiting.
+        if self.config.preconnect_ratio > 1.0 {
+            let want = ((self.rq_active + self.waiters.len()) as f64 * self.config.preconnect_ratio)
+                .ceil() as usize;
+            while want > self.ready_slots + self.coming() * per_conn && may_open(self) {
+                if !self.begin_connect(now) {
+                    return;
+                }
+            }
+        }
+        // Warming: the warm level, a few connects at a time.
+        while self.ready + self.coming() < self.warm_target
+            && self.coming() < self.config.warm_concurrency
+            && may_open(self)
+        {
+            if !self.begin_connect(now) {
+                return;
+            }
+        }
+    }
+
+    /// Attempts in flight that will serve the queue (not reserved ones).
+    fn coming(&self) -> usize {
+        self.connecting - self.reserved
+    }
+
+    /// Starts one connect if the circuit allows; false if it does not.
+    fn begin_connect(&mut self, now: Instant) -> bool {
+        match self.circuit {
+            Circuit::Closed => {}
+            Circuit::HalfOpen { probing: false } => {
+                self.circuit = Circuit::HalfOpen { probing: true }
+            }
+            Circuit::HalfOpen { probing: true } | Circuit::Open { .. } => return false,
+        }
+        let id = self.conns.insert(Conn::connecting(now));
+        self.connecting += 1;
+        self.actions.push_back(Action::Connect(id));
+        true
     }
 
     /// Opens the circuit after a failed connect: no connects for a jittered,

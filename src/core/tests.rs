@@ -742,3 +742,137 @@ fn recycle_and_backoff_config_reject_bad_values_naming_the_field() {
     .unwrap_err();
     assert!(err.to_string().contains("backoff_cap"), "{err}");
 }
+
+#[test]
+fn warming_opens_up_to_the_target_a_few_at_a_time_and_keeps_it() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        warm_concurrency: 2,
+        idle_timeout: Some(ms(100)),
+        ..CoreConfig::default()
+    });
+    c.set_targets(t0, 5, 10);
+    let first: Vec<ConnId> = actions(&mut c)
+        .into_iter()
+        .map(|a| match a {
+            Action::Connect(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(first.len(), 2, "two at a time");
+    let mut opened = 0;
+    let mut pending = first;
+    while let Some(id) = pending.pop() {
+        c.connected(id, t0, 1, "warm").unwrap();
+        opened += 1;
+        for a in actions(&mut c) {
+            if let Action::Connect(id) = a {
+                pending.push(id);
+            }
+        }
+    }
+    assert_eq!(opened, 5);
+    assert_eq!(c.ready_count(), 5);
+    // Idle past the timeout: the warm level stays.
+    c.handle_timeout(t0 + ms(1000));
+    assert!(actions(&mut c).is_empty());
+    assert_eq!(c.ready_count(), 5);
+    // A lower target lets the surplus idle out.
+    c.set_targets(t0 + ms(1000), 2, 10);
+    c.handle_timeout(t0 + ms(1000));
+    assert_eq!(actions(&mut c).len(), 3);
+    assert_eq!(c.ready_count(), 2);
+    // A peer closing one brings a replacement.
+    let some = c.handles().next().map(|(id, _)| id).unwrap();
+    c.close(some, t0 + ms(1000), CloseReason::PeerClosed);
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Close { .. }, Action::Connect(_)]
+    ));
+}
+
+#[test]
+fn preconnect_opens_ahead_of_demand() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        preconnect_ratio: 2.0,
+        ..CoreConfig::default()
+    });
+    c.enqueue(t0, t0 + ms(100), 1).unwrap();
+    let connects: Vec<ConnId> = actions(&mut c)
+        .into_iter()
+        .map(|a| match a {
+            Action::Connect(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(connects.len(), 2, "1 waiter, times 2: capacity for 2");
+    c.connected(connects[0], t0, 1, "a").unwrap();
+    assert!(matches!(
+        actions(&mut c).as_slice(),
+        [Action::Wake { waiter: 1, .. }]
+    ));
+    c.connected(connects[1], t0, 1, "b").unwrap();
+    // 1 in use, times 2 = 2 slots wanted, 2 ready: nothing more.
+    assert!(actions(&mut c).is_empty());
+    let _g = c.try_checkout(t0).unwrap();
+    c.enqueue(t0, t0 + ms(100), 2).unwrap();
+    let more = actions(&mut c)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Connect(_)))
+        .count();
+    assert_eq!(
+        more, 4,
+        "2 in use + 1 waiting = 3, times 2 = 6 wanted, 2 ready"
+    );
+}
+
+#[test]
+fn a_failing_origin_warms_with_backoff_not_a_spin() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        backoff: BackoffConfig {
+            base: ms(100),
+            cap: ms(1000),
+            failure_threshold: 3,
+        },
+        ..CoreConfig::default()
+    });
+    c.set_targets(t0, 2, 10);
+    let mut attempts = 0;
+    while let Some(Action::Connect(id)) = c.poll_action() {
+        attempts += 1;
+        c.connect_failed(id, t0);
+        assert!(attempts < 10, "connects must stop once the circuit opens");
+    }
+    // Two warming connects at a time: the third failure opens the circuit
+    // while the fourth is in flight; that one ends too, and nothing follows.
+    assert_eq!(
+        attempts, 4,
+        "stops at the threshold (plus the one in flight)"
+    );
+    assert!(matches!(c.circuit(), Circuit::Open { .. }));
+}
+
+/// Regression (found by the model test): making room for a reserved connect
+/// by closing an idle connection let warming take the freed place first,
+/// so the reserved attempt went over the connection limit.
+#[test]
+fn reserving_at_the_limit_never_lets_warming_take_the_freed_place() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    c.set_targets(t0, 1, 1);
+    let Some(Action::Connect(warm)) = c.poll_action() else {
+        panic!()
+    };
+    c.connected(warm, t0, 1, "warm").unwrap();
+    actions(&mut c);
+    let fresh = c.reserve_connect(t0).unwrap();
+    c.check_invariants().unwrap();
+    assert_eq!(c.connection_count(), 1);
+    assert!(matches!(actions(&mut c).as_slice(), [Action::Close { .. }]));
+    let _ = fresh;
+}
