@@ -188,14 +188,32 @@ impl<C: Connector> Transport for Http1<C> {
     type Conn = Http1Connection;
 
     async fn connect(&self, origin: &Origin, events: ConnEvents) -> Result<Http1Connection, Error> {
+        let stream = self.open_stream(origin).await?;
+        self.connect_over(stream, origin, events).await
+    }
+}
+
+impl<C: Connector> Http1<C> {
+    /// Runs the HTTP/1.1 handshake over an already open stream and starts
+    /// the connection's task. Shared with the ALPN-auto transport, which
+    /// opens the TLS stream itself and learns only then which protocol to
+    /// speak on it.
+    pub(crate) async fn connect_over<IO>(
+        &self,
+        io: IO,
+        origin: &Origin,
+        events: ConnEvents,
+    ) -> Result<Http1Connection, Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         // tokio::spawn would panic outside a runtime; say so instead.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Shutdown {
             reason: "no tokio runtime is running",
         })?;
-        let stream = self.open_stream(origin).await?;
         let (sender, conn) = self
             .hyper_builder()
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .handshake::<_, RequestBody>(TokioIo::new(io))
             .await
             .map_err(|e| Error::connect(origin, e))?;
 

@@ -15,9 +15,13 @@ use http::{Request, Response};
 
 use crate::{BoxError, Error};
 
+#[cfg(all(feature = "http2", feature = "http1", feature = "tls"))]
+pub mod auto;
 pub mod connector;
 #[cfg(feature = "http1")]
 pub mod http1;
+#[cfg(feature = "http2")]
+pub mod http2;
 pub mod origin;
 pub(crate) mod stream;
 #[cfg(feature = "tls")]
