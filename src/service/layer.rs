@@ -7,8 +7,14 @@ use std::time::Duration;
 use super::PoolService;
 use crate::core::CoreConfig;
 use crate::transport::Transport;
+#[cfg(all(feature = "http2", feature = "http1", feature = "tls"))]
+use crate::transport::auto::Auto;
+#[cfg(any(feature = "http1", feature = "http2"))]
+use crate::transport::connector::Connector;
 #[cfg(feature = "http1")]
-use crate::transport::{connector::Connector, http1::Http1};
+use crate::transport::http1::Http1;
+#[cfg(feature = "http2")]
+use crate::transport::http2::Http2;
 use crate::{Error, Origin, Pool, PoolBuilder};
 
 /// A transport "template" that can be rebuilt over another connector.
@@ -16,9 +22,10 @@ use crate::{Error, Origin, Pool, PoolBuilder};
 /// It exists because a layer receives the connector only in
 /// `Layer::layer`, while everything else about the transport (TLS trust,
 /// header limits) is decided when the layer is configured. Implemented for
-/// [`Http1`] (keeping its TLS configuration and limits, replacing its
-/// connector) and for any `Fn(C) -> T` closure that builds a transport, for
-/// transports of your own.
+/// the connector-based transports, `Http1`, `Http2` and `Auto` (keeping
+/// their TLS configuration and limits, replacing the connector), and for
+/// any `Fn(C) -> T` closure that builds a transport, for transports of your
+/// own.
 ///
 /// ```
 /// use edgepool::service::WithConnector;
@@ -41,6 +48,24 @@ impl<C0: Connector, C: Connector> WithConnector<C> for Http1<C0> {
     type Transport = Http1<C>;
 
     fn with_connector(&self, connector: C) -> Http1<C> {
+        self.clone().with_connector(connector)
+    }
+}
+
+#[cfg(feature = "http2")]
+impl<C0: Connector, C: Connector> WithConnector<C> for Http2<C0> {
+    type Transport = Http2<C>;
+
+    fn with_connector(&self, connector: C) -> Http2<C> {
+        self.clone().with_connector(connector)
+    }
+}
+
+#[cfg(all(feature = "http2", feature = "http1", feature = "tls"))]
+impl<C0: Connector, C: Connector> WithConnector<C> for Auto<C0> {
+    type Transport = Auto<C>;
+
+    fn with_connector(&self, connector: C) -> Auto<C> {
         self.clone().with_connector(connector)
     }
 }
@@ -81,6 +106,12 @@ where
 /// Each call to `layer` builds a separate pool (separate connections and
 /// counters); clone the resulting service to share one.
 ///
+/// The layer carries the settings most stacks need
+/// ([`PoolLayerBuilder`]'s methods). For the others (recycling, health
+/// checks, retire policies, backoff), build the pool yourself and wrap it:
+/// `PoolService::new(Pool::builder(Http1::new().with_connector(connector))
+/// ...build()?)`; the layer is only a shorthand for that.
+///
 /// ```
 /// use std::time::Duration;
 /// use edgepool::service::{PoolLayer, PoolService};
@@ -109,9 +140,9 @@ pub struct PoolLayer<M> {
     settings: Settings,
 }
 
-/// Configures a [`PoolLayer`]; the same settings as [`PoolBuilder`], applied
-/// to every pool the layer builds. Settings left alone keep the pool's
-/// defaults.
+/// Configures a [`PoolLayer`]: the [`PoolBuilder`] settings a tower stack
+/// usually needs, applied to every pool the layer builds. Settings left
+/// alone keep the pool's defaults.
 ///
 /// ```
 /// use std::time::Duration;
@@ -139,6 +170,7 @@ struct Settings {
     max_pending: Option<usize>,
     checkout_timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
+    request_timeout: Option<Option<Duration>>,
     idle_timeout: Option<Option<Duration>>,
     open_more_when_saturated: Option<bool>,
     origin: Option<Origin>,
@@ -157,6 +189,9 @@ impl Settings {
         }
         if let Some(t) = self.connect_timeout {
             builder = builder.connect_timeout(t);
+        }
+        if let Some(t) = self.request_timeout {
+            builder = builder.request_timeout(t);
         }
         if let Some(t) = self.idle_timeout {
             builder = builder.idle_timeout(t);
@@ -192,9 +227,10 @@ impl Settings {
         for (field, timeout) in [
             ("checkout_timeout", self.checkout_timeout),
             ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout.flatten()),
         ] {
-            if let Some(timeout) = timeout.filter(Duration::is_zero) {
-                return Err(Error::config(field, timeout, "must be above zero"));
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::config(field, Duration::ZERO, "must be above zero"));
             }
         }
         Ok(())
@@ -283,6 +319,14 @@ impl<M> PoolLayerBuilder<M> {
     /// See [`PoolBuilder::connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// See [`PoolBuilder::request_timeout`]: the pool's own deadline for a
+    /// response head, which also closes the (possibly blackholed)
+    /// connection. tower's `timeout` layer bounds the whole call instead.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.request_timeout = Some(timeout);
         self
     }
 

@@ -93,8 +93,9 @@ use crate::{BoxError, Error, Origin, Pool, ResponseBody};
 ///   `Pending` and fails them all with the error once it returns `Err`
 ///   (the pool was shut down).
 /// - `timeout`: dropping the future cancels the request; a request still
-///   queued for a connection leaves the queue, one already sent closes its
-///   HTTP/1.1 connection rather than reusing it mid-response.
+///   queued for a connection leaves the queue, and one already sent gives up
+///   its stream (an HTTP/1.1 connection is closed rather than reused
+///   mid-exchange; an HTTP/2 stream is reset and its connection stays).
 /// - `concurrency_limit`: bounds requests in flight through this service;
 ///   the permit is held until the response future completes, not until the
 ///   body has been read (the slot itself is held by the body).
@@ -176,7 +177,9 @@ impl<T: Transport> PoolService<T> {
     ///
     /// Ready means "will be accepted", not "a connection is free": an
     /// accepted request may still wait in the queue, up to the pool's
-    /// checkout timeout.
+    /// checkout timeout. Since readiness is "the queue has room", a pool
+    /// built with `max_pending_per_origin(0)` is never Ready here; give an
+    /// origin-bound service a queue of at least 1.
     ///
     /// Race window: readiness is not a reservation. Between `Ready` and
     /// `call`, other clones or other users of the pool may fill the queue;
