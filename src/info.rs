@@ -22,7 +22,8 @@ pub struct ConnectionInfo {
     pub origin: Origin,
     /// Its protocol.
     pub protocol: Protocol,
-    /// Whether it had carried a request before this one.
+    /// Whether it was already open when the request asked (a warm or
+    /// reused connection: no handshake paid), rather than opened for it.
     pub reused: bool,
     /// How long it had been idle before this request (zero if it was busy or new).
     pub idle_for: Duration,

@@ -10,6 +10,7 @@ mod pool;
 pub mod recycle;
 #[cfg(feature = "tower")]
 pub mod service;
+pub mod sizing;
 pub mod transport;
 
 pub use core::{CloseReason, Stats};

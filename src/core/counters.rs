@@ -155,6 +155,8 @@ pub struct Stats {
     pub cx_connecting: u64,
     /// Open connections that take no new requests (gauge).
     pub cx_draining: u64,
+    /// Connections the sizing policy (or an explicit warm-up) keeps ready (gauge).
+    pub cx_warm_target: u64,
     /// Connect attempts that failed (counter).
     pub cx_connect_fail: u64,
     /// Connections closed, by reason (counters).
@@ -180,7 +182,8 @@ pub struct Stats {
     pub rq_pending_failure: u64,
     /// Requests refused at once because the connect circuit was open (counter).
     pub rq_circuit_open: u64,
-    /// Requests served on a connection that had served before (counter).
+    /// Requests served on a connection that was already open when they
+    /// asked, paying no handshake (counter).
     pub rq_reused: u64,
     /// Requests sent again after a failure that proved them unsent (counter).
     pub rq_retry: u64,
@@ -203,6 +206,7 @@ impl Stats {
         self.cx_idle += o.cx_idle;
         self.cx_connecting += o.cx_connecting;
         self.cx_draining += o.cx_draining;
+        self.cx_warm_target += o.cx_warm_target;
         self.cx_connect_fail += o.cx_connect_fail;
         self.cx_destroy.add(&o.cx_destroy);
         self.cx_retired.add(&o.cx_retired);

@@ -43,6 +43,8 @@ impl LoadSample {
 
 /// The rate's time constant: a sample's weight decays by e every 20 s.
 const RATE_TAU_SECS: f64 = 20.0;
+/// Requests per second below which an origin counts as idle.
+const IDLE_RATE: f64 = 0.01;
 /// Each latency observation's weight.
 const LATENCY_ALPHA: f64 = 0.2;
 
@@ -79,6 +81,12 @@ impl LoadMeter {
                 let instant_rate = requests.saturating_sub(seen) as f64 / dt;
                 let alpha = 1.0 - (-dt / RATE_TAU_SECS).exp();
                 self.rate += alpha * (instant_rate - self.rate);
+                // An exponential average never reaches zero; below one
+                // request per 100 s the origin is idle, so that an idle
+                // origin's warm level (and its entry) can go.
+                if self.rate < IDLE_RATE {
+                    self.rate = 0.0;
+                }
                 self.last = Some((now, requests));
             }
         } else {

@@ -18,7 +18,9 @@ use crate::Error;
 pub struct Grant {
     /// The connection the slot is on.
     pub conn: ConnId,
-    /// Whether the connection had carried a request before this one.
+    /// Whether the connection was already open when the request asked for
+    /// it, so the request paid no handshake (false when it waited for this
+    /// connection to open).
     pub reused: bool,
     /// How long the connection had been idle (no request on it) before this
     /// grant; zero when it was busy or new.
@@ -209,7 +211,7 @@ impl<C, W> OriginPool<C, W> {
         }
         let id = self.conns.head()?;
         self.stats.rq_total += 1;
-        Some(self.grant(id, now))
+        Some(self.grant(id, now, false))
     }
 
     /// Queues a request that found no free slot, and starts connects if the
@@ -251,7 +253,7 @@ impl<C, W> OriginPool<C, W> {
         // A free slot can exist only if the caller skipped try_checkout;
         // serve from it rather than leave a waiter beside a free slot.
         if let Some(conn) = self.conns.head() {
-            self.serve_waiters(conn, now);
+            self.serve_waiters(conn, now, false);
         }
         self.start_connects(now);
         Ok(id)
@@ -372,10 +374,14 @@ impl<C, W> OriginPool<C, W> {
             self.stats.cx_circuit_closed += 1;
         }
         let grant = (reserved && self.conns.get(id).is_some_and(Conn::has_free_slot))
-            .then(|| self.grant(id, now));
-        self.offer(id, now);
-        // Warming continues a few connects at a time.
-        self.start_connects(now);
+            .then(|| self.grant(id, now, true));
+        self.offer_with(id, now, true);
+        // Warming continues a few connects at a time. Not after a connection
+        // that allows no requests: each would start the next (an origin
+        // advertising 0 streams would get max_connections sockets).
+        if slots > 0 {
+            self.start_connects(now);
+        }
         Ok(grant)
     }
 
@@ -396,15 +402,23 @@ impl<C, W> OriginPool<C, W> {
         self.stats.cx_connect_fail += 1;
         self.connect_failures = self.connect_failures.saturating_add(1);
         let probe_failed = matches!(self.circuit, Circuit::HalfOpen { probing: true });
-        if probe_failed || self.connect_failures >= self.config.backoff.failure_threshold {
+        let opens = probe_failed || self.connect_failures >= self.config.backoff.failure_threshold;
+        if !reserved {
+            // The waiters this attempt was to serve hear of its own failure
+            // (a reserved attempt's requester hears it from the driver).
+            self.fail_uncovered_waiters();
+        }
+        if opens {
+            // The rest are told to come back after the backoff.
             self.open_circuit(now);
             return;
         }
-        if reserved {
-            // Its requester hears of the failure from the driver; no waiter
-            // counted on this attempt.
-            return;
-        }
+        self.start_connects(now);
+    }
+
+    /// Fails the waiters that the attempts still in flight cannot cover, at
+    /// most one connection's worth, with `ConnectFailed`.
+    fn fail_uncovered_waiters(&mut self) {
         let covered = (self.connecting - self.reserved) * self.expected_slots.max(1);
         let mut to_fail = self
             .waiters
@@ -422,7 +436,6 @@ impl<C, W> OriginPool<C, W> {
             });
             to_fail -= 1;
         }
-        self.start_connects(now);
     }
 
     /// The connection is gone (peer closed it, or it failed). Leases on it
@@ -725,6 +738,7 @@ impl<C, W> OriginPool<C, W> {
     /// closed when they report.
     pub fn shutdown(&mut self, now: Instant) {
         self.shut_down = true;
+        self.warm_target = 0;
         let waiters: Vec<Waiter<W>> = self.waiters.drain().collect();
         for w in waiters {
             self.actions.push_back(Action::Fail {
@@ -760,6 +774,20 @@ impl<C, W> OriginPool<C, W> {
         self.conns.len() == 0 && self.rq_active == 0 && self.waiters.is_empty()
     }
 
+    /// True when the pool holds nothing worth remembering: it is empty, has
+    /// no warm level to keep, and is not backing off. (Forgetting an origin
+    /// whose circuit is open would let the next request start afresh and
+    /// defeat the backoff; failures below the threshold are not worth an
+    /// entry, or every mistyped origin would be kept forever.)
+    pub fn is_forgettable(&self, now: Instant) -> bool {
+        let backing_off = match self.circuit {
+            Circuit::Closed => false,
+            Circuit::Open { until } => now < until,
+            Circuit::HalfOpen { .. } => true,
+        };
+        self.is_empty() && self.warm_target == 0 && !backing_off
+    }
+
     /// Connections open or being opened (what the connection limit bounds).
     pub fn connection_count(&self) -> usize {
         self.connecting + self.ready + self.draining
@@ -771,6 +799,7 @@ impl<C, W> OriginPool<C, W> {
         s.cx_active = (self.ready + self.draining) as u64;
         s.cx_connecting = self.connecting as u64;
         s.cx_draining = self.draining as u64;
+        s.cx_warm_target = self.warm_target as u64;
         s.cx_idle = self
             .conns
             .iter()
@@ -854,7 +883,9 @@ impl<C, W> OriginPool<C, W> {
 
     // ---- internals ----
 
-    fn grant(&mut self, id: ConnId, now: Instant) -> Grant {
+    /// Lends one slot. `handshake` is true when the request waited for this
+    /// connection to open: it paid the handshake, so it is not "reused".
+    fn grant(&mut self, id: ConnId, now: Instant, handshake: bool) -> Grant {
         let conn = self
             .conns
             .get_mut(id)
@@ -865,7 +896,7 @@ impl<C, W> OriginPool<C, W> {
         } else {
             Duration::ZERO
         };
-        let reused = conn.served > 0;
+        let reused = !handshake;
         conn.leases += 1;
         conn.served += 1;
         conn.touched = now;
@@ -893,7 +924,13 @@ impl<C, W> OriginPool<C, W> {
 
     /// A ready connection has (maybe) a free slot: serve waiters, then list it.
     fn offer(&mut self, id: ConnId, now: Instant) {
-        self.serve_waiters(id, now);
+        self.offer_with(id, now, false);
+    }
+
+    /// Serves waiters from a connection with free slots, then lists it.
+    /// `handshake`: the connection has just opened for these waiters.
+    fn offer_with(&mut self, id: ConnId, now: Instant, handshake: bool) {
+        self.serve_waiters(id, now, handshake);
         match self.conns.get(id) {
             Some(c) if c.has_free_slot() => self.conns.push_front(id),
             Some(_) => self.conns.unlink(id),
@@ -901,12 +938,12 @@ impl<C, W> OriginPool<C, W> {
         }
     }
 
-    fn serve_waiters(&mut self, id: ConnId, now: Instant) {
+    fn serve_waiters(&mut self, id: ConnId, now: Instant, handshake: bool) {
         while self.conns.get(id).is_some_and(|c| c.has_free_slot()) {
             let Some(w) = self.waiters.pop_front() else {
                 break;
             };
-            let grant = self.grant(id, now);
+            let grant = self.grant(id, now, handshake);
             self.actions.push_back(Action::Wake {
                 waiter: w.payload,
                 grant,
@@ -1001,7 +1038,13 @@ impl<C, W> OriginPool<C, W> {
     fn begin_connect(&mut self, now: Instant) -> bool {
         match self.circuit {
             Circuit::Closed => {}
+            // The backoff is over: this connect is the probe. (Requests move
+            // the circuit to half-open when they arrive; warming gets here
+            // with no request at all.)
             Circuit::HalfOpen { probing: false } => {
+                self.circuit = Circuit::HalfOpen { probing: true }
+            }
+            Circuit::Open { until } if now >= until => {
                 self.circuit = Circuit::HalfOpen { probing: true }
             }
             Circuit::HalfOpen { probing: true } | Circuit::Open { .. } => return false,

@@ -486,13 +486,15 @@ fn a_failed_probe_reopens_with_a_longer_bound_and_fails_the_waiters() {
         panic!()
     };
     c.connect_failed(first, t0);
+    // The waiter whose connect failed hears that failure; the circuit is open.
     assert!(matches!(
         actions(&mut c).as_slice(),
         [Action::Fail {
             waiter: 1,
-            reason: WaitFailure::CircuitOpen { .. }
+            reason: WaitFailure::ConnectFailed
         }]
     ));
+    assert!(matches!(c.circuit(), Circuit::Open { .. }));
     let mut at = t0;
     for round in 1..6u32 {
         let Circuit::Open { until } = c.circuit() else {
@@ -875,4 +877,56 @@ fn reserving_at_the_limit_never_lets_warming_take_the_freed_place() {
     assert_eq!(c.connection_count(), 1);
     assert!(matches!(actions(&mut c).as_slice(), [Action::Close { .. }]));
     let _ = fresh;
+}
+
+#[test]
+fn when_the_circuit_opens_the_other_waiters_are_told_when_to_come_back() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_connections: 1,
+        backoff: BackoffConfig {
+            base: ms(100),
+            cap: ms(100),
+            failure_threshold: 1,
+        },
+        ..CoreConfig::default()
+    });
+    for w in 1..=3 {
+        c.enqueue(t0, t0 + ms(1000), w).unwrap();
+    }
+    let Some(Action::Connect(attempt)) = c.poll_action() else {
+        panic!()
+    };
+    c.connect_failed(attempt, t0);
+    let acts = actions(&mut c);
+    assert!(
+        matches!(
+            acts[0],
+            Action::Fail {
+                waiter: 1,
+                reason: WaitFailure::ConnectFailed
+            }
+        ),
+        "{acts:?}"
+    );
+    assert!(
+        matches!(
+            acts[1],
+            Action::Fail {
+                waiter: 2,
+                reason: WaitFailure::CircuitOpen { .. }
+            }
+        ),
+        "{acts:?}"
+    );
+    assert!(
+        matches!(
+            acts[2],
+            Action::Fail {
+                waiter: 3,
+                reason: WaitFailure::CircuitOpen { .. }
+            }
+        ),
+        "{acts:?}"
+    );
 }

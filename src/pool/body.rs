@@ -9,7 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::shard::Lease;
-use crate::transport::{Connection, Transport};
+use crate::transport::{ConnState, Connection, Transport};
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -59,7 +59,14 @@ impl<T: Transport> Body for ResponseBody<T> {
                 let error: BoxError = e.into();
                 let origin = this.lease.as_ref().map(|l| l.shard().origin.clone());
                 if let Some(lease) = this.lease.take() {
-                    lease.discard();
+                    // A reset stream spoils one stream, not a multiplexed
+                    // connection; an HTTP/1.1 body error spoils the connection.
+                    let conn = lease.connection();
+                    if conn.reusable_after_abandoned_body() && conn.state() == ConnState::Ready {
+                        lease.release_failed();
+                    } else {
+                        lease.discard();
+                    }
                 }
                 Poll::Ready(Some(Err(match origin {
                     Some(origin) => Error::body(&origin, error),

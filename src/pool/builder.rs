@@ -8,9 +8,11 @@ use std::time::Duration;
 use super::shard::Settings;
 use super::{Pool, PoolInner, reaper};
 use crate::Error;
+use crate::Origin;
 use crate::core::{BackoffConfig, CoreConfig, RecycleConfig, Stats};
 use crate::health::{DefaultHealthCheck, HealthCheck};
 use crate::recycle::RetirePolicy;
+use crate::sizing::{ByProtocol, DEFAULT_MAINTENANCE_INTERVAL, SizingPolicy};
 use crate::transport::Transport;
 
 /// Configures a [`Pool`]. Every limit applies per origin.
@@ -43,6 +45,9 @@ pub struct PoolBuilder<T: Transport> {
     ping_interval: Option<Duration>,
     health: Arc<dyn HealthCheck<T::Conn>>,
     retire: Option<Arc<dyn RetirePolicy<T::Conn>>>,
+    sizing: Arc<dyn SizingPolicy>,
+    maintenance_interval: Duration,
+    warm_origins: Vec<(Origin, usize)>,
 }
 
 impl<T: Transport> PoolBuilder<T> {
@@ -63,6 +68,9 @@ impl<T: Transport> PoolBuilder<T> {
             ping_interval: Some(Duration::from_secs(30)),
             health: Arc::new(DefaultHealthCheck::default()),
             retire: None,
+            sizing: Arc::new(ByProtocol::default()),
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
+            warm_origins: Vec::new(),
         }
     }
 
@@ -194,6 +202,44 @@ impl<T: Transport> PoolBuilder<T> {
         self
     }
 
+    /// How many connections each origin keeps warm and may open, from its
+    /// measured load (default [`ByProtocol`]: Little's law with headroom 1.5
+    /// for HTTP/1.1, stream count plus one spare for HTTP/2 and HTTP/3).
+    pub fn sizing(mut self, policy: impl SizingPolicy) -> Self {
+        self.sizing = Arc::new(policy);
+        self
+    }
+
+    /// How often the sizing policy is re-evaluated and the warm level
+    /// restored after closes and failures (default 10 s).
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.maintenance_interval = interval;
+        self
+    }
+
+    /// Open ahead of demand: keep capacity for `ratio` times the requests in
+    /// use or waiting (default 1.0 = only on demand; must be at least 1.0).
+    /// A connect started for a request that is then served elsewhere or
+    /// cancelled is never aborted: it joins the pool.
+    pub fn preconnect_ratio(mut self, ratio: f64) -> Self {
+        self.core.preconnect_ratio = ratio;
+        self
+    }
+
+    /// Most connects in flight per origin for warming (default 4).
+    pub fn warm_concurrency(mut self, n: usize) -> Self {
+        self.core.warm_concurrency = n;
+        self
+    }
+
+    /// Warm `origin` with `connections` as soon as the pool is built, and
+    /// keep at least that many warm. Failures are logged and counted; await
+    /// [`Pool::warm`](crate::Pool::warm) instead to be told of them.
+    pub fn warm(mut self, origin: Origin, connections: usize) -> Self {
+        self.warm_origins.push((origin, connections));
+        self
+    }
+
     /// Validates the configuration and starts the pool. Must be called
     /// inside a tokio runtime (the pool spawns its background task there).
     pub fn build(self) -> Result<Pool<T>, Error> {
@@ -215,6 +261,7 @@ impl<T: Transport> PoolBuilder<T> {
             ("request_timeout", self.request_timeout),
             ("check_after_idle", self.check_after_idle),
             ("ping_interval", self.ping_interval),
+            ("maintenance_interval", Some(self.maintenance_interval)),
         ] {
             if value.is_some_and(|v| v.is_zero()) {
                 return Err(Error::config(field, Duration::ZERO, "must be above zero"));
@@ -229,19 +276,30 @@ impl<T: Transport> PoolBuilder<T> {
                 check_after_idle: self.check_after_idle,
                 health: self.health,
                 retire: self.retire,
+                sizing: self.sizing,
             }),
             core_config: self.core,
             checkout_timeout: self.checkout_timeout,
             request_timeout: self.request_timeout,
             retry_idempotent: self.retry_idempotent,
             ping_interval: self.ping_interval,
+            maintenance_interval: self.maintenance_interval,
             shards: RwLock::new(HashMap::default()),
             retired: Mutex::new(Stats::default()),
             shut_down: AtomicBool::new(false),
             _reaper_stop: stop_tx,
         });
         runtime.spawn(reaper::run(Arc::downgrade(&inner), stop_rx));
-        Ok(Pool { inner })
+        let pool = Pool { inner };
+        for (origin, connections) in self.warm_origins {
+            let pool = pool.clone();
+            runtime.spawn(async move {
+                if let Err(error) = pool.warm(&origin, connections).await {
+                    tracing::warn!(%origin, %error, "warming failed");
+                }
+            });
+        }
+        Ok(pool)
     }
 }
 

@@ -93,6 +93,7 @@ pub(crate) struct PoolInner<T: Transport> {
     request_timeout: Option<Duration>,
     retry_idempotent: bool,
     ping_interval: Option<Duration>,
+    maintenance_interval: Duration,
     shards: RwLock<ShardMap<T>>,
     /// Counters of origins whose idle entries were removed, so totals never
     /// go backwards.
@@ -214,9 +215,10 @@ impl<T: Transport> Pool<T> {
                 }) if unsent_retries < MAX_UNSENT_RETRIES => {
                     // The connection was closed before the request left: it
                     // is safe to send on another one, whatever the method.
-                    tracing::debug!(origin = %origin, conn = %grant.conn, %error, "connection closed before send; retrying on another");
-                    shard.report_closed(grant.conn);
-                    lease.discard();
+                    tracing::debug!(origin = %origin, conn = %grant.conn, %error, "request not sent (connection closed, stream refused or above GOAWAY); retrying");
+                    // release() asks the connection: a closed HTTP/1.1 one is
+                    // forgotten, a refused HTTP/2 stream leaves it serving.
+                    lease.release();
                     shard.record_retry();
                     unsent_retries += 1;
                     request = unsent;
@@ -343,6 +345,22 @@ impl<T: Transport> Pool<T> {
         for shard in shards {
             shard.shutdown();
         }
+    }
+
+    /// Opens connections to `origin` until `connections` are ready, and keeps
+    /// at least that many warm from now on (the sizing policy may keep
+    /// more). Returns once they are ready, or with the connect error if one
+    /// fails: a warming failure is reported, not swallowed.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: edgepool::Pool<edgepool::transport::http1::Http1>) -> Result<(), edgepool::Error> {
+    /// let origin = edgepool::Origin::parse("https://api.example.com")?;
+    /// pool.warm(&origin, 8).await?; // the first 8 requests pay no handshake
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm(&self, origin: &Origin, connections: usize) -> Result<(), Error> {
+        let shard = self.shard(origin)?;
+        shard.warm(connections).await
     }
 
     /// Shuts down gracefully: stops lending (as [`shutdown`](Pool::shutdown)),

@@ -15,8 +15,16 @@ use crate::transport::Transport;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run<T: Transport>(pool: Weak<PoolInner<T>>, mut stop: oneshot::Receiver<()>) {
+    let mut last_maintenance = tokio::time::Instant::now();
     loop {
         let Some(inner) = pool.upgrade() else { return };
+        if last_maintenance.elapsed() >= inner.maintenance_interval {
+            last_maintenance = tokio::time::Instant::now();
+            let shards: Vec<_> = read(&inner.shards).values().cloned().collect();
+            for shard in shards {
+                shard.maintain();
+            }
+        }
         let next = pass(&inner);
         // A connection that goes idle after this pass expires no sooner than
         // now + idle_timeout, so sleeping at most that long misses nothing.
@@ -51,7 +59,7 @@ fn pass<T: Transport>(inner: &Arc<PoolInner<T>>) -> Option<std::time::Instant> {
         if let Some(t) = shard.handle_timeout() {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
-        empty |= shard.is_empty();
+        empty |= shard.is_forgettable();
     }
     drop(shards);
     if empty {
@@ -66,7 +74,7 @@ fn forget_empty_origins<T: Transport>(inner: &Arc<PoolInner<T>>) {
     // shard up holds a clone, and that clone is taken under the read lock,
     // so under the write lock the count cannot grow.
     shards.retain(|_, shard| {
-        if Arc::strong_count(shard) == 1 && shard.is_empty() {
+        if Arc::strong_count(shard) == 1 && shard.is_forgettable() {
             lock(&inner.retired).add(&shard.stats());
             false
         } else {

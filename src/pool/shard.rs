@@ -20,6 +20,7 @@ use crate::core::{
 };
 use crate::health::HealthCheck;
 use crate::recycle::RetirePolicy;
+use crate::sizing::SizingPolicy;
 use crate::transport::{ConnEvent, ConnEvents, ConnState, Connection, Transport};
 use crate::{Error, Origin};
 
@@ -55,6 +56,13 @@ pub(crate) struct Shard<T: Transport> {
     locked: Mutex<Locked<T::Conn>>,
     /// Woken when a shut-down origin has nothing left (graceful shutdown).
     drained: tokio::sync::Notify,
+    /// Woken when a connect succeeds or fails (for `Pool::warm`).
+    progress: tokio::sync::Notify,
+    /// The warm level asked for with `Pool::warm`: the policy's target never
+    /// goes below it.
+    pinned_warm: std::sync::atomic::AtomicUsize,
+    /// The last connect error, reported by `Pool::warm`.
+    last_connect_error: Mutex<Option<Error>>,
     settings: Arc<Settings<T>>,
 }
 
@@ -65,6 +73,7 @@ pub(crate) struct Settings<T: Transport> {
     pub(crate) check_after_idle: Option<Duration>,
     pub(crate) health: Arc<dyn HealthCheck<T::Conn>>,
     pub(crate) retire: Option<Arc<dyn RetirePolicy<T::Conn>>>,
+    pub(crate) sizing: Arc<dyn SizingPolicy>,
 }
 
 /// What the shard's mutex guards.
@@ -90,6 +99,9 @@ impl<T: Transport> Shard<T> {
             }),
             settings,
             drained: tokio::sync::Notify::new(),
+            progress: tokio::sync::Notify::new(),
+            pinned_warm: std::sync::atomic::AtomicUsize::new(0),
+            last_connect_error: Mutex::new(None),
         })
     }
 
@@ -211,8 +223,17 @@ impl<T: Transport> Shard<T> {
                     let conn = Arc::new(CacheLine(conn));
                     tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
                     let handle = Arc::clone(&conn);
-                    let outcome =
-                        shard.with_core(None, |core, now| core.connected(id, now, slots, conn));
+                    let outcome = shard.with_core(None, |core, now| {
+                        let outcome = core.connected(id, now, slots, conn);
+                        // A SlotsChanged that arrived while the attempt was
+                        // still connecting was dropped; read the live value.
+                        let live = handle.slots();
+                        if outcome.is_ok() && live != slots {
+                            core.set_slots(id, now, live);
+                        }
+                        outcome
+                    });
+                    shard.progress.notify_waiters();
                     match (outcome, reply) {
                         (Ok(Some(grant)), Some(reply)) => {
                             if reply.send(Ok((grant, handle))).is_err() {
@@ -245,7 +266,12 @@ impl<T: Transport> Shard<T> {
                 }
                 Err(error) => {
                     tracing::debug!(origin = %shard.origin, conn = %id, %error, "connect failed");
+                    *shard
+                        .last_connect_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
                     shard.with_core(Some(&error), |core, now| core.connect_failed(id, now));
+                    shard.progress.notify_waiters();
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(error));
                     }
@@ -418,17 +444,73 @@ impl<T: Transport> Shard<T> {
         }
     }
 
+    /// Re-sizes the origin: samples its load, asks the policy (outside the
+    /// lock: it is the application's code), applies the target.
+    pub(crate) fn maintain(self: &Arc<Self>) {
+        let sample = self.with_core(None, |core, now| core.load_sample(now));
+        let target = self.settings.sizing.target(&sample);
+        let pinned = self.pinned_warm.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_core(None, |core, now| {
+            core.set_targets(now, target.warm.max(pinned), target.max.max(pinned))
+        });
+    }
+
+    /// Opens connections until `n` are ready, and keeps at least `n` warm
+    /// from now on. Fails with the connect error if a connect fails.
+    pub(crate) async fn warm(self: &Arc<Self>, n: usize) -> Result<(), Error> {
+        self.pinned_warm
+            .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        let failures_before = self.stats().cx_connect_fail;
+        self.with_core(None, |core, now| {
+            let (warm, max) = core.targets();
+            core.set_targets(now, warm.max(n), max.max(n));
+        });
+        loop {
+            let notified = self.progress.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let (ready, failures, shut_down, circuit) = {
+                let locked = self.lock();
+                let core = &locked.core;
+                (
+                    core.ready_count(),
+                    core.stats().cx_connect_fail,
+                    core.is_shut_down(),
+                    core.circuit(),
+                )
+            };
+            if ready >= n {
+                return Ok(());
+            }
+            if shut_down {
+                return Err(Error::Shutdown {
+                    reason: "the pool was shut down while warming",
+                });
+            }
+            if failures > failures_before {
+                let error = self
+                    .last_connect_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return Err(error.unwrap_or_else(|| {
+                    Error::connect(&self.origin, "connect failed while warming")
+                }));
+            }
+            if let crate::core::Circuit::Open { until } = circuit {
+                return Err(Error::OriginUnavailable {
+                    origin: self.origin.to_string(),
+                    retry_after: until.saturating_duration_since(now()),
+                });
+            }
+            notified.await;
+        }
+    }
+
     /// Applies an origin's Keep-Alive hint to a connection.
     pub(crate) fn keep_alive_hint(self: &Arc<Self>, conn: ConnId, hint: crate::recycle::KeepAlive) {
         self.with_core(None, |core, now| {
             core.keep_alive_hint(conn, now, hint.timeout, hint.max)
-        });
-    }
-
-    /// Reports a connection found closed when a request was about to use it.
-    pub(crate) fn report_closed(self: &Arc<Self>, conn: ConnId) {
-        self.with_core(None, |core, now| {
-            core.close(conn, now, CloseReason::PeerClosed)
         });
     }
 
@@ -481,6 +563,13 @@ impl<T: Transport> Shard<T> {
     /// True when the origin has nothing open, leased, connecting or waiting.
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().core.is_empty()
+    }
+
+    /// True when the origin's entry can be dropped without losing anything:
+    /// see [`OriginPool::is_forgettable`]; and no warm level was asked for.
+    pub(crate) fn is_forgettable(&self) -> bool {
+        self.pinned_warm.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && self.lock().core.is_forgettable(now())
     }
 
     /// Ready while a new request would not be refused for a full pending
@@ -709,7 +798,9 @@ impl<T: Transport> Lease<T> {
                 .retire
                 .as_ref()
                 .is_some_and(|policy| policy.should_retire(&self.conn, &self.info()));
+        let granted_at = self.grant.at;
         self.shard.with_core(None, |core, now| {
+            core.observe_latency(now.saturating_duration_since(granted_at));
             match state {
                 ConnState::Ready if retire => core.retire(id, now, RetireReason::Application),
                 ConnState::Ready => {}

@@ -16,6 +16,7 @@
 //! - `status=N`: answer with status N (default 200)
 //! - `close=1`: answer with `Connection: close` (HTTP/1.x), so the server
 //!   closes the connection after the response
+//! - `keep_alive=timeout=N,max=M`: answer with that `Keep-Alive` header
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -394,6 +395,10 @@ async fn respond(
     let is_h1 = version == Version::HTTP_11 || version == Version::HTTP_10;
     if is_h1 && param(query, "close") == Some("1") {
         response = response.header(http::header::CONNECTION, "close");
+    }
+    if let Some(hint) = param(query, "keep_alive") {
+        // `keep_alive=timeout=1,max=5` becomes `Keep-Alive: timeout=1, max=5`.
+        response = response.header("keep-alive", hint.replace(',', ", "));
     }
     Ok(response.body(Full::new(body)).expect("valid test response"))
 }
