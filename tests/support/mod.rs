@@ -3,9 +3,11 @@
 //!
 //! Each test file does `mod support;` and uses what it needs, so items unused
 //! by one file are expected.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod chaos;
+pub mod h2_origin;
 pub mod origin;
 
 use std::time::Duration;
@@ -52,3 +54,4 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     })
     .await
 }
+pub mod mock;
