@@ -122,6 +122,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The pool tracks its maximum number of origins and none is idle
+    /// enough to evict.
+    #[error("the pool tracks {max} origins, all busy; no room for another")]
+    TooManyOrigins {
+        /// The configured maximum.
+        max: usize,
+    },
+
     /// The request failed on an established connection.
     #[error("request to {origin} failed: {source}")]
     Request {
@@ -170,7 +178,9 @@ impl Error {
             Error::InvalidOrigin { .. } | Error::InvalidConfig { .. } | Error::NoRuntime => {
                 ErrorKind::InvalidInput
             }
-            Error::CheckoutTimeout { .. } | Error::PendingOverflow { .. } => ErrorKind::PoolFull,
+            Error::CheckoutTimeout { .. }
+            | Error::PendingOverflow { .. }
+            | Error::TooManyOrigins { .. } => ErrorKind::PoolFull,
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }
             | Error::Request { .. }
@@ -227,6 +237,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(any(feature = "http1", feature = "http2")), allow(dead_code))]
     pub(crate) fn request(origin: &crate::Origin, source: impl Into<BoxError>) -> Self {
         Error::Request {
             origin: origin.to_string(),

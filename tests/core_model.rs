@@ -88,7 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn config() -> impl Strategy<Value = CoreConfig> {
     let limits = (
         1usize..5,
-        0usize..6,
+        1usize..6,
         prop::option::of(1u64..150),
         any::<bool>(),
         1usize..4,

@@ -573,7 +573,7 @@ async fn pool_layer_refuses_what_the_pool_builder_refuses() {
     }
     // And what the builder accepts, the layer accepts.
     PoolLayer::builder(Http1::new())
-        .max_pending_per_origin(0)
+        .max_pending_per_origin(1)
         .idle_timeout(None)
         .request_timeout(None)
         .open_more_when_saturated(false)

@@ -112,6 +112,11 @@ impl CoreConfig {
                 "must be above zero (use None to keep idle connections)",
             ));
         }
+        if self.max_pending == 0 {
+            // A request that finds no free slot must wait at least for the
+            // connect it starts; with no queue a cold pool could serve nothing.
+            return Err(Error::config("max_pending", 0, "must be at least 1"));
+        }
         if self.expected_slots == 0 {
             return Err(Error::config("expected_slots", 0, "must be at least 1"));
         }

@@ -128,6 +128,9 @@ pub struct OriginPool<C, W> {
     /// that have since closed.
     rq_active: usize,
     shut_down: bool,
+    /// When a request last asked for a slot (for evicting the least recently
+    /// used origin when the pool tracks too many).
+    last_request: Option<Instant>,
     /// Connections to keep ready even without demand (the sizing policy's
     /// warm level, or an explicit warm-up).
     warm_target: usize,
@@ -160,6 +163,7 @@ impl<C, W> OriginPool<C, W> {
             draining: 0,
             rq_active: 0,
             shut_down: false,
+            last_request: None,
             warm_target: 0,
             max_target: usize::MAX,
             ready_slots: 0,
@@ -206,6 +210,7 @@ impl<C, W> OriginPool<C, W> {
     /// most recently used connection. Requests already waiting go first
     /// (FIFO), so this returns None while any are queued.
     pub fn try_checkout(&mut self, now: Instant) -> Option<Grant> {
+        self.last_request = Some(now);
         if self.shut_down || !self.waiters.is_empty() {
             return None;
         }
@@ -223,6 +228,7 @@ impl<C, W> OriginPool<C, W> {
         waiter: W,
     ) -> Result<WaiterId, Rejected<W>> {
         self.stats.rq_total += 1;
+        self.last_request = Some(now);
         if self.shut_down {
             return Err(Rejected {
                 reason: RejectReason::Shutdown,
@@ -755,6 +761,18 @@ impl<C, W> OriginPool<C, W> {
                 _ => {}
             }
         }
+    }
+
+    /// When a request last asked this origin for a slot.
+    pub fn last_request(&self) -> Option<Instant> {
+        self.last_request
+    }
+
+    /// True when the origin may be dropped to make room for others: no
+    /// request holds or waits for a slot and no connect is in flight (idle
+    /// connections are closed by the eviction).
+    pub fn is_evictable(&self) -> bool {
+        self.rq_active == 0 && self.waiters.is_empty() && self.connecting == 0
     }
 
     /// Whether a request that finds no free slot would be queued rather than

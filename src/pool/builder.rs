@@ -48,6 +48,7 @@ pub struct PoolBuilder<T: Transport> {
     sizing: Arc<dyn SizingPolicy>,
     maintenance_interval: Duration,
     warm_origins: Vec<(Origin, usize)>,
+    max_origins: usize,
 }
 
 impl<T: Transport> PoolBuilder<T> {
@@ -71,6 +72,7 @@ impl<T: Transport> PoolBuilder<T> {
             sizing: Arc::new(ByProtocol::default()),
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             warm_origins: Vec::new(),
+            max_origins: 10_000,
         }
     }
 
@@ -80,8 +82,19 @@ impl<T: Transport> PoolBuilder<T> {
         self
     }
 
+    /// Most origins tracked at once (default 10,000). A new origin beyond it
+    /// evicts the least recently used idle ones (their idle connections
+    /// close); if every origin is busy, the request fails with
+    /// [`Error::TooManyOrigins`]. Bounds memory under a stream of distinct
+    /// origins.
+    pub fn max_origins(mut self, n: usize) -> Self {
+        self.max_origins = n;
+        self
+    }
+
     /// Most requests waiting for a connection per origin; one more fails at
-    /// once with [`Error::PendingOverflow`] (default 1,024; 0 means never wait).
+    /// once with [`Error::PendingOverflow`] (default 1,024; at least 1, since
+    /// a request on a cold pool waits for the connect it starts).
     pub fn max_pending_per_origin(mut self, n: usize) -> Self {
         self.core.max_pending = n;
         self
@@ -253,8 +266,20 @@ impl<T: Transport> PoolBuilder<T> {
                 value,
                 reason,
             },
+            Error::InvalidConfig {
+                field: "max_pending",
+                value,
+                reason,
+            } => Error::InvalidConfig {
+                field: "max_pending_per_origin",
+                value,
+                reason,
+            },
             other => other,
         })?;
+        if self.max_origins == 0 {
+            return Err(Error::config("max_origins", 0, "must be at least 1"));
+        }
         for (field, value) in [
             ("checkout_timeout", Some(self.checkout_timeout)),
             ("connect_timeout", Some(self.connect_timeout)),
@@ -284,6 +309,7 @@ impl<T: Transport> PoolBuilder<T> {
             retry_idempotent: self.retry_idempotent,
             ping_interval: self.ping_interval,
             maintenance_interval: self.maintenance_interval,
+            max_origins: self.max_origins,
             shards: RwLock::new(HashMap::default()),
             retired: Mutex::new(Stats::default()),
             shut_down: AtomicBool::new(false),

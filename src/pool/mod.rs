@@ -94,6 +94,7 @@ pub(crate) struct PoolInner<T: Transport> {
     retry_idempotent: bool,
     ping_interval: Option<Duration>,
     maintenance_interval: Duration,
+    max_origins: usize,
     shards: RwLock<ShardMap<T>>,
     /// Counters of origins whose idle entries were removed, so totals never
     /// go backwards.
@@ -306,6 +307,14 @@ impl<T: Transport> Pool<T> {
         if let Some(shard) = shards.get(origin) {
             return Ok(Arc::clone(shard));
         }
+        if shards.len() >= self.inner.max_origins {
+            self.evict_idle_origins(&mut shards);
+            if shards.len() >= self.inner.max_origins {
+                return Err(Error::TooManyOrigins {
+                    max: self.inner.max_origins,
+                });
+            }
+        }
         let mut config = self.inner.core_config.clone();
         // Each origin's jitter draws from its own sequence.
         config.seed ^= origin_seed(origin);
@@ -316,6 +325,41 @@ impl<T: Transport> Pool<T> {
         )?);
         shards.insert(origin.clone(), Arc::clone(&shard));
         Ok(shard)
+    }
+
+    /// Makes room in the origin map: drops the least recently used tenth of
+    /// the evictable origins (no request holding or waiting, no connect in
+    /// flight, not warmed explicitly), closing their idle connections.
+    /// Batched, so a stream of new origins costs O(log n) each, amortized.
+    /// Called under the map's write lock; takes each shard's lock inside it
+    /// (the only place the two nest, always in this order).
+    // Origin holds a TlsConfig whose session cache mutates, but its Hash and
+    // Eq read only the key fields (scheme, host, port, SNI, config id),
+    // which never change: the map's invariants hold.
+    #[allow(clippy::mutable_key_type)]
+    fn evict_idle_origins(&self, shards: &mut ShardMap<T>) {
+        let mut candidates: Vec<(Option<std::time::Instant>, Origin)> = shards
+            .iter()
+            .filter(|(_, shard)| Arc::strong_count(shard) == 1)
+            .filter_map(|(origin, shard)| shard.evictable_since().map(|t| (t, origin.clone())))
+            .collect();
+        candidates.sort_by_key(|(t, _)| *t);
+        let batch = (self.inner.max_origins / 10).max(1);
+        for (_, origin) in candidates.into_iter().take(batch) {
+            if let Some(shard) = shards.get(&origin) {
+                if let Some(stats) = shard.evict() {
+                    lock(&self.inner.retired).add(&stats);
+                    shards.remove(&origin);
+                }
+            }
+        }
+    }
+
+    /// Whether [`shutdown`](Pool::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner
+            .shut_down
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A snapshot of the counters, per origin and in total.

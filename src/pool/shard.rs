@@ -565,6 +565,30 @@ impl<T: Transport> Shard<T> {
         self.lock().core.is_empty()
     }
 
+    /// When this origin was last asked for, if it could be evicted now.
+    pub(crate) fn evictable_since(&self) -> Option<Option<Instant>> {
+        if self.pinned_warm.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let locked = self.lock();
+        locked
+            .core
+            .is_evictable()
+            .then(|| locked.core.last_request())
+    }
+
+    /// Closes this origin's idle connections and returns its final counters,
+    /// if it is still evictable.
+    pub(crate) fn evict(self: &Arc<Self>) -> Option<crate::core::Stats> {
+        self.with_core(None, |core, now| {
+            if !core.is_evictable() {
+                return None;
+            }
+            core.shutdown(now);
+            Some(core.stats())
+        })
+    }
+
     /// True when the origin's entry can be dropped without losing anything:
     /// see [`OriginPool::is_forgettable`]; and no warm level was asked for.
     pub(crate) fn is_forgettable(&self) -> bool {

@@ -177,9 +177,7 @@ impl<T: Transport> PoolService<T> {
     ///
     /// Ready means "will be accepted", not "a connection is free": an
     /// accepted request may still wait in the queue, up to the pool's
-    /// checkout timeout. Since readiness is "the queue has room", a pool
-    /// built with `max_pending_per_origin(0)` is never Ready here; give an
-    /// origin-bound service a queue of at least 1.
+    /// checkout timeout.
     ///
     /// Race window: readiness is not a reservation. Between `Ready` and
     /// `call`, other clones or other users of the pool may fill the queue;

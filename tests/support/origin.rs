@@ -17,6 +17,7 @@
 //! - `close=1`: answer with `Connection: close` (HTTP/1.x), so the server
 //!   closes the connection after the response
 //! - `keep_alive=timeout=N,max=M`: answer with that `Keep-Alive` header
+//! - `big_header=N`: add a header of N bytes (to test head size limits)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -395,6 +396,9 @@ async fn respond(
     let is_h1 = version == Version::HTTP_11 || version == Version::HTTP_10;
     if is_h1 && param(query, "close") == Some("1") {
         response = response.header(http::header::CONNECTION, "close");
+    }
+    if let Some(n) = param(query, "big_header").and_then(|v| v.parse::<usize>().ok()) {
+        response = response.header("x-big", "a".repeat(n));
     }
     if let Some(hint) = param(query, "keep_alive") {
         // `keep_alive=timeout=1,max=5` becomes `Keep-Alive: timeout=1, max=5`.
