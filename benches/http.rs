@@ -5,6 +5,8 @@
 //! - HTTP/1.1: edgepool vs hyper-util's legacy `Client` vs raw pre-opened
 //!   hyper connections, one per task, no pool at all (the limit: pool
 //!   overhead = 0);
+//! - HTTP/2 (h2c): edgepool vs hyper-util's `Client` with `http2_only` vs
+//!   one raw pre-opened h2 connection shared by all tasks;
 //! - TLS: edgepool over TLS vs a new TCP+TLS connection per request (the
 //!   handshake cost a pool exists to remove).
 //!
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use edgepool::Pool;
 use edgepool::transport::http1::Http1;
+use edgepool::transport::http2::Http2;
 use edgepool::transport::{ConnEvents, Connection, Transport};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -255,5 +258,70 @@ fn tls(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, http1, tls);
+/// HTTP/2 (h2c, prior knowledge): many streams on few connections.
+fn http2(c: &mut Criterion) {
+    let server = server(Options {
+        http2: true,
+        ..Options::plain()
+    });
+    let uri: Arc<str> = server.origin.url("/").into();
+    let rt = client_runtime();
+    let mut group = c.benchmark_group("http2");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+    let pool = rt.block_on(async { Pool::builder(Http2::new()).build().expect("pool") });
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    // The limit: one h2 connection opened once, shared by every task.
+    let raw = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.origin.addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        sender
+    });
+    for conc in CONCURRENCY {
+        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(pool.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
+                    for _ in 0..n {
+                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
+                    }
+                }))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(client.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(client, uri), n| async move {
+                    let uri: http::Uri = uri.parse().expect("uri");
+                    for _ in 0..n {
+                        read_all(client.request(get_uri(&uri)).await.expect("request").into_body()).await;
+                    }
+                }))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("raw_connection", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(raw.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(mut sender, uri), n| async move {
+                    for _ in 0..n {
+                        sender.ready().await.expect("ready");
+                        let response = sender.send_request(get(&uri)).await.expect("request");
+                        read_all(response.into_body()).await;
+                    }
+                }))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, http1, http2, tls);
 criterion_main!(benches);

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use edgepool::transport::Transport;
 use edgepool::transport::http1::Http1;
+use edgepool::transport::http2::Http2;
 use edgepool::{Origin, Pool};
 use support::{Options, TestOrigin, certs};
 
@@ -47,9 +48,10 @@ fn cases() -> Vec<(&'static str, String)> {
     cases
 }
 
-/// More rows as transports land (HTTP/2 over TLS).
+/// HTTP/2 over TLS (one stream per connection here, so that 1,000
+/// checkouts hold 1,000 connections).
 fn extra_cases() -> Vec<(&'static str, String)> {
-    Vec::new()
+    vec![("http/2 over TLS", "h2tls".to_string())]
 }
 
 fn serve(kind: &str) {
@@ -131,7 +133,12 @@ fn measure(kind: &str) -> f64 {
             .expect("child's CA")
             .build()
             .expect("tls config");
-        hold_idle(Http1::with_tls(tls), &origin).await
+        if kind == "h2tls" {
+            let h2 = Http2::with_tls(tls).max_concurrent_streams(1).expect("one stream");
+            hold_idle(h2, &origin).await
+        } else {
+            hold_idle(Http1::with_tls(tls), &origin).await
+        }
     });
     drop(child.stdin.take());
     let _ = child.wait();
