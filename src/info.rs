@@ -27,4 +27,8 @@ pub struct ConnectionInfo {
     pub reused: bool,
     /// How long it had been idle before this request (zero if it was busy or new).
     pub idle_for: Duration,
+    /// Whether the connection was opened with 0-RTT (HTTP/3 resumption).
+    /// Whether this request itself went as early data is in the HTTP/3
+    /// transport's `EarlyData` response extension.
+    pub zero_rtt: bool,
 }

@@ -157,6 +157,8 @@ pub struct Stats {
     pub cx_draining: u64,
     /// Connections the sizing policy (or an explicit warm-up) keeps ready (gauge).
     pub cx_warm_target: u64,
+    /// Connections opened with 0-RTT, no handshake round trip (counter).
+    pub cx_connect_0rtt: u64,
     /// Connect attempts that failed (counter).
     pub cx_connect_fail: u64,
     /// Connections closed, by reason (counters).
@@ -208,6 +210,7 @@ impl Stats {
         self.cx_draining += o.cx_draining;
         self.cx_warm_target += o.cx_warm_target;
         self.cx_connect_fail += o.cx_connect_fail;
+        self.cx_connect_0rtt += o.cx_connect_0rtt;
         self.cx_destroy.add(&o.cx_destroy);
         self.cx_retired.add(&o.cx_retired);
         self.cx_circuit_closed += o.cx_circuit_closed;

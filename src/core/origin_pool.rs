@@ -650,6 +650,11 @@ impl<C, W> OriginPool<C, W> {
         self.circuit
     }
 
+    /// Counts a connection opened with 0-RTT.
+    pub fn record_connect_0rtt(&mut self) {
+        self.stats.cx_connect_0rtt += 1;
+    }
+
     /// Counts a request that was sent again on another connection.
     pub fn record_retry(&mut self) {
         self.stats.rq_retry += 1;

@@ -223,7 +223,11 @@ impl<T: Transport> Shard<T> {
                     let conn = Arc::new(CacheLine(conn));
                     tracing::debug!(origin = %shard.origin, conn = %id, slots, "connected");
                     let handle = Arc::clone(&conn);
+                    let zero_rtt = handle.used_0rtt();
                     let outcome = shard.with_core(None, |core, now| {
+                        if zero_rtt {
+                            core.record_connect_0rtt();
+                        }
                         let outcome = core.connected(id, now, slots, conn);
                         // A SlotsChanged that arrived while the attempt was
                         // still connecting was dropped; read the live value.
@@ -762,6 +766,7 @@ impl<T: Transport> Lease<T> {
             protocol: self.conn.protocol(),
             reused: self.grant.reused,
             idle_for: self.grant.idle_for,
+            zero_rtt: self.conn.used_0rtt(),
         }
     }
 

@@ -22,6 +22,8 @@ pub mod connector;
 pub mod http1;
 #[cfg(feature = "http2")]
 pub mod http2;
+#[cfg(feature = "http3")]
+pub mod http3;
 pub mod origin;
 pub(crate) mod stream;
 #[cfg(feature = "tls")]
@@ -125,6 +127,13 @@ pub trait Connection: Send + Sync + 'static {
                 protocol,
             })
         }
+    }
+
+    /// Whether the connection was opened with 0-RTT (a resumed TLS session
+    /// that let requests go before the handshake finished). Only QUIC does
+    /// this; the default is false.
+    fn used_0rtt(&self) -> bool {
+        false
     }
 
     /// Closes the connection now, failing whatever it carries. The pool

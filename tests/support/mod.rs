@@ -8,6 +8,8 @@
 pub mod certs;
 pub mod chaos;
 pub mod h2_origin;
+#[cfg(feature = "http3")]
+pub mod h3_origin;
 pub mod origin;
 
 use std::time::Duration;
