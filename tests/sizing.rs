@@ -207,3 +207,22 @@ fn bad_sizing_values_are_rejected_at_build_time() {
         .is_err()
     );
 }
+
+/// Regression: the background task slept up to 1 s whatever the maintenance
+/// interval, and the first measured interval was averaged toward zero, so a
+/// short run's target stayed 0.
+#[tokio::test(start_paused = true)]
+async fn a_sub_second_maintenance_interval_sizes_a_short_run() {
+    let transport = MockTransport::new(Duration::from_millis(100));
+    let pool = pool(&transport)
+        .maintenance_interval(Duration::from_millis(100))
+        .sizing(LittlesLaw::default())
+        .build()
+        .unwrap();
+    load(&pool, 100, 2).await;
+    let warm = stats(&pool).cx_warm_target;
+    assert!(
+        (14..=16).contains(&warm),
+        "100 req/s x 100 ms x 1.5 = 15, got {warm}"
+    );
+}

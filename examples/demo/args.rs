@@ -8,9 +8,12 @@ pub const USAGE_LINE: &str = "usage: demo [--requests N] [--concurrency N] [--rt
 
 /// Printed by `--help`.
 pub const HELP: &str = "\
-edgepool demo: the same HTTPS workload, once with a new TCP+TLS connection per
-request and once through an edgepool pool, against an embedded origin behind a
-relay that simulates a network round trip. Loopback only; no network needed.
+edgepool demo: the same HTTPS workload with a new TCP+TLS connection per
+request, through an edgepool pool over HTTP/1.1, and through one over HTTP/2,
+against an embedded origin behind a relay that simulates a network round trip.
+Then: the sizing policy's target for that HTTP/1.1 load, head-of-line blocking
+on one connection (HTTP/1.1 vs HTTP/2), and cold vs warm first requests.
+Loopback only; no network needed.
 
 usage: demo [--requests N] [--concurrency N] [--rtt-ms N]
 

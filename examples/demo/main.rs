@@ -1,9 +1,12 @@
 //! edgepool demo: what a warm connection pool saves a proxy.
 //!
-//! Starts an HTTPS origin and a relay in front of it that simulates a network
-//! round-trip time (both on 127.0.0.1, nothing leaves the machine), then
-//! sends the same workload once opening a new TCP+TLS connection per request
-//! and once through an edgepool pool, and prints a table comparing them.
+//! Starts an HTTPS origin (HTTP/2 and HTTP/1.1) and a relay in front of it
+//! that simulates a network round-trip time (both on 127.0.0.1, nothing
+//! leaves the machine), then sends the same workload opening a new TCP+TLS
+//! connection per request, through an edgepool pool over HTTP/1.1, and
+//! through one over HTTP/2, and prints a table comparing them. Below it:
+//! the sizing policy's target for the HTTP/1.1 load, head-of-line blocking
+//! on one connection (HTTP/1.1 vs HTTP/2), and cold vs warm first requests.
 //!
 //! ```text
 //! cargo run --release --example demo -- [--requests N] [--concurrency N] [--rtt-ms N]
@@ -11,11 +14,14 @@
 
 mod args;
 mod certs;
+mod hol;
 mod origin;
 mod progress;
 mod relay;
 mod report;
 mod scenario;
+mod sizing_check;
+mod warmth;
 mod workload;
 
 use std::process::ExitCode;
@@ -62,8 +68,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets up, runs every scenario, prints the report. Returns how many
-/// requests failed in all.
+/// Sets up, runs every scenario and section, prints the report. Returns how
+/// many requests failed in all.
 async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     let certs = Certs::generate().expect("rcgen can generate a CA and a server certificate");
     let origin = Origin::start(&certs).await?;
@@ -85,14 +91,21 @@ async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     let mut notes = Vec::new();
     for scenario in Scenario::ALL {
         let row = scenario.run(&setup).await?;
-        notes.extend(scenario.note(&row));
+        notes.extend(scenario.note(&row, &params));
         rows.push(row);
     }
+    let hol = hol::run(&setup).await?;
+    let warmth = warmth::run(&setup).await?;
 
     println!();
     report::print_params(&params);
     report::print_table(&rows);
     report::print_notes(&notes);
     report::print_speedups(&rows);
-    Ok(rows.iter().map(|row| row.errors).sum())
+    sizing_check::print(&rows);
+    hol::print(&hol, params.rtt);
+    warmth::print(&warmth, params.rtt);
+    Ok(rows.iter().map(|row| row.errors).sum::<usize>()
+        + hol.iter().map(hol::HolRow::errors).sum::<usize>()
+        + warmth.iter().map(warmth::Case::errors).sum::<usize>())
 }

@@ -16,12 +16,19 @@ pub struct Row {
     pub p50: Duration,
     /// 99th-percentile latency.
     pub p99: Duration,
+    /// Mean latency (Little's L for the sizing check).
+    pub mean: Duration,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
     /// TCP connections the origin accepted during the run.
     pub origin_connections: u64,
     /// Share of requests served on a connection that had served before.
     pub reuse_ratio: f64,
     /// Requests that failed.
     pub errors: usize,
+    /// The pool's `cx_warm_target` gauge at the end of the run, for a
+    /// scenario whose pool ran its sizing policy during the run.
+    pub warm_target: Option<u64>,
 }
 
 /// The parameters, above the table.
@@ -47,10 +54,10 @@ const HEADERS: [&str; 7] = [
 
 /// The table: one line per row, columns sized to fit.
 pub fn print_table(rows: &[Row]) {
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            [
+            vec![
                 row.name.to_string(),
                 format!("{:.0}", row.requests_per_sec),
                 format!("{:.1}", millis(row.p50)),
@@ -61,18 +68,24 @@ pub fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = HEADERS.map(str::len);
-    for line in &cells {
+    print_grid(&HEADERS, &cells);
+}
+
+/// Any table: a header, a rule, and one line per row; the first column is
+/// text (left-aligned), the others numbers (right-aligned), each as wide as
+/// its widest cell.
+pub fn print_grid(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for line in rows {
         for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
     let format_line = |line: &[String]| {
         line.iter()
-            .zip(widths)
+            .zip(&widths)
             .enumerate()
-            .map(|(i, (cell, width))| {
-                // The name is text, left-aligned; the rest are numbers.
+            .map(|(i, (cell, &width))| {
                 if i == 0 {
                     format!("{cell:<width$}")
                 } else {
@@ -82,10 +95,11 @@ pub fn print_table(rows: &[Row]) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    let header = format_line(&HEADERS.map(String::from));
+    let header_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let header = format_line(&header_cells);
     println!("{header}");
-    println!("{}", "-".repeat(header.len()));
-    for line in &cells {
+    println!("{}", "-".repeat(header.chars().count()));
+    for line in rows {
         println!("{}", format_line(line));
     }
 }
@@ -118,7 +132,8 @@ pub fn print_speedups(rows: &[Row]) {
     }
 }
 
-fn millis(d: Duration) -> f64 {
+/// A duration in milliseconds, for printing with a decimal.
+pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

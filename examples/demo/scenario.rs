@@ -1,16 +1,20 @@
 //! The named scenarios, each a way of sending the same workload, and what
-//! each one measures into a [`Row`]. New rows (HTTP/2, HTTP/3, warm vs cold
-//! pools) are new variants here.
+//! each one measures into a [`Row`]: the rows of the main table. New rows
+//! (HTTP/3, say) are new variants here; the sections below the table
+//! (head-of-line, cold vs warm) have modules of their own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use edgepool::Pool;
 use edgepool::transport::http1::Http1;
+use edgepool::transport::http2::Http2;
 use edgepool::transport::tls::TlsConfig;
 use edgepool::transport::{ConnEvents, Connection, RequestBody, Transport};
+use edgepool::{ConnectionInfo, Pool, Stats};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
+use tokio::time::Instant;
 
 use crate::args::Params;
 use crate::origin::{BODY_LEN, Origin};
@@ -35,29 +39,50 @@ pub enum Scenario {
     /// A fresh TCP+TLS connection for every request, closed after it: what a
     /// proxy without a pool pays.
     NewConnectionPerRequest,
-    /// One edgepool pool over HTTP/1.1, starting empty.
+    /// One edgepool pool over HTTP/1.1, starting empty. It is built with a
+    /// [`SIZING_INTERVAL`] maintenance interval, so the run also shows what
+    /// target its sizing policy computes from this load.
     PooledHttp1,
+    /// One edgepool pool over HTTP/2 (TLS, ALPN h2), starting empty: one
+    /// connection carries up to 100 requests at once.
+    PooledHttp2,
 }
+
+/// The HTTP/1.1 pool's `maintenance_interval`: how often it is to re-evaluate
+/// its sizing policy (the default, 10 s, is longer than the whole run).
+pub const SIZING_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Scenario {
     /// Every scenario, baseline first.
-    pub const ALL: [Scenario; 2] = [Scenario::NewConnectionPerRequest, Scenario::PooledHttp1];
+    pub const ALL: [Scenario; 3] = [
+        Scenario::NewConnectionPerRequest,
+        Scenario::PooledHttp1,
+        Scenario::PooledHttp2,
+    ];
 
     /// The name in the table.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::NewConnectionPerRequest => "new TCP+TLS per request",
             Scenario::PooledHttp1 => "edgepool (HTTP/1.1, pooled)",
+            Scenario::PooledHttp2 => "edgepool (HTTP/2, pooled)",
         }
     }
 
     /// What a reader of the table should know about this scenario's row.
-    pub fn note(self, row: &Row) -> Option<String> {
+    pub fn note(self, row: &Row, params: &Params) -> Option<String> {
         match self {
             Scenario::NewConnectionPerRequest => None,
             Scenario::PooledHttp1 => Some(format!(
                 "{}: the pool starts empty; the {} requests that opened its connections are counted in its latencies",
                 self.name(),
+                row.origin_connections
+            )),
+            Scenario::PooledHttp2 => Some(format!(
+                "{}: the pool starts empty; one connection carries up to {} streams, so the {} requests in flight at once went on {} connection(s); those that waited for its handshake (TCP, TLS, HTTP/2 settings) are counted in its latencies",
+                self.name(),
+                crate::origin::MAX_CONCURRENT_STREAMS,
+                params.concurrency.min(params.requests),
                 row.origin_connections
             )),
         }
@@ -66,9 +91,20 @@ impl Scenario {
     /// Runs the workload and measures it.
     pub async fn run(self, setup: &Setup) -> Result<Row, edgepool::Error> {
         let accepted_before = setup.origin.connections_accepted();
-        let (measurement, reuse_ratio) = match self {
-            Scenario::NewConnectionPerRequest => (per_request(self.name(), setup).await?, 0.0),
-            Scenario::PooledHttp1 => pooled(self.name(), setup).await?,
+        let (measurement, stats) = match self {
+            Scenario::NewConnectionPerRequest => (per_request(self.name(), setup).await?, None),
+            Scenario::PooledHttp1 => {
+                let pool = Pool::builder(Http1::with_tls(setup.tls.clone()))
+                    .maintenance_interval(SIZING_INTERVAL)
+                    .build()?;
+                let (measurement, stats) = pooled(self.name(), setup, pool).await;
+                (measurement, Some(stats))
+            }
+            Scenario::PooledHttp2 => {
+                let pool = Pool::builder(Http2::with_tls(setup.tls.clone())).build()?;
+                let (measurement, stats) = pooled(self.name(), setup, pool).await;
+                (measurement, Some(stats))
+            }
         };
         if let Some(error) = &measurement.first_error {
             eprintln!(
@@ -83,9 +119,15 @@ impl Scenario {
             requests_per_sec: measurement.requests_per_sec(),
             p50: measurement.percentile(50.0),
             p99: measurement.percentile(99.0),
+            mean: measurement.mean(),
+            elapsed: measurement.elapsed,
             origin_connections: setup.origin.connections_accepted() - accepted_before,
-            reuse_ratio,
+            reuse_ratio: stats.map_or(0.0, |s| s.reuse_ratio()),
             errors: measurement.errors,
+            warm_target: match self {
+                Scenario::PooledHttp1 => stats.map(|s| s.cx_warm_target),
+                _ => None,
+            },
         })
     }
 }
@@ -115,9 +157,10 @@ async fn per_request(name: &str, setup: &Setup) -> Result<Measurement, edgepool:
 }
 
 /// Each request through one shared pool, its body read to the end so the
-/// connection goes back to the pool. Also returns the pool's reuse ratio.
-async fn pooled(name: &str, setup: &Setup) -> Result<(Measurement, f64), edgepool::Error> {
-    let pool = Pool::builder(Http1::with_tls(setup.tls.clone())).build()?;
+/// connection goes back to the pool. Also returns the pool's counters as
+/// they were when the last request ended (before the pool shuts down, which
+/// zeroes its gauges).
+async fn pooled<T: Transport>(name: &str, setup: &Setup, pool: Pool<T>) -> (Measurement, Stats) {
     let url = setup.url.clone();
     let params = setup.params;
     let client = pool.clone();
@@ -133,9 +176,37 @@ async fn pooled(name: &str, setup: &Setup) -> Result<(Measurement, f64), edgepoo
         }
     })
     .await;
-    let reuse_ratio = pool.stats().total.reuse_ratio();
+    let stats = pool.stats().total;
     pool.shutdown();
-    Ok((measurement, reuse_ratio))
+    (measurement, stats)
+}
+
+/// One GET through `pool`, timed from the call to the last byte of the body
+/// (read to the end, so the connection goes back), with the connection it
+/// went on. A request that takes longer than the load generator's limit
+/// counts as failed.
+pub async fn timed_get<T: Transport>(
+    pool: &Pool<T>,
+    url: Uri,
+) -> Result<(Duration, Option<ConnectionInfo>), RequestError> {
+    let started = Instant::now();
+    let exchange = async {
+        let request = Request::get(url).body(Empty::<Bytes>::new())?;
+        let response = pool.request(request).await?;
+        let info = response.extensions().get::<ConnectionInfo>().cloned();
+        let status = response.status();
+        check(status, response.into_body().collect().await?.to_bytes())?;
+        Ok::<_, RequestError>(info)
+    };
+    match tokio::time::timeout(workload::REQUEST_TIMEOUT, exchange).await {
+        Ok(Ok(info)) => Ok((started.elapsed(), info)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no response within {} s",
+            workload::REQUEST_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
 }
 
 fn empty_body() -> RequestBody {

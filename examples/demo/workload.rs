@@ -15,7 +15,7 @@ pub type RequestError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request that takes longer than this is counted as failed, so a stuck
 /// request shows up in the table instead of hanging the demo.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a run measured.
 #[derive(Debug)]
@@ -38,6 +38,14 @@ impl Measurement {
             self.latencies.len() as f64 / secs
         } else {
             0.0
+        }
+    }
+
+    /// The mean latency of the requests that succeeded; zero when none did.
+    pub fn mean(&self) -> Duration {
+        match u32::try_from(self.latencies.len()) {
+            Ok(n) if n > 0 => self.latencies.iter().sum::<Duration>() / n,
+            _ => Duration::ZERO,
         }
     }
 
@@ -131,7 +139,7 @@ where
 }
 
 /// An error and its chain of causes, on one line.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -50,6 +50,10 @@ const LATENCY_ALPHA: f64 = 0.2;
 
 pub(crate) struct LoadMeter {
     last: Option<(Instant, u64)>,
+    /// None until the first interval has been measured: the first
+    /// measurement is taken as it is, so a new origin's rate is not pulled
+    /// toward zero by an average that has nothing to average yet.
+    rate_known: bool,
     rate: f64,
     latency: Option<f64>,
 }
@@ -58,6 +62,7 @@ impl LoadMeter {
     pub fn new() -> Self {
         LoadMeter {
             last: None,
+            rate_known: false,
             rate: 0.0,
             latency: None,
         }
@@ -79,7 +84,12 @@ impl LoadMeter {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             if dt > 0.0 {
                 let instant_rate = requests.saturating_sub(seen) as f64 / dt;
-                let alpha = 1.0 - (-dt / RATE_TAU_SECS).exp();
+                let alpha = if self.rate_known {
+                    1.0 - (-dt / RATE_TAU_SECS).exp()
+                } else {
+                    1.0
+                };
+                self.rate_known = true;
                 self.rate += alpha * (instant_rate - self.rate);
                 // An exponential average never reaches zero; below one
                 // request per 100 s the origin is idle, so that an idle
@@ -117,6 +127,15 @@ mod tests {
         assert!((rate - 1000.0).abs() < 1.0, "{rate}");
         let (rate, _) = m.sample(t0 + Duration::from_secs(400), total);
         assert!(rate < 10.0, "no requests for 100 s: {rate}");
+    }
+
+    #[test]
+    fn the_first_measured_interval_is_taken_as_it_is() {
+        let t0 = Instant::now();
+        let mut m = LoadMeter::new();
+        assert_eq!(m.sample(t0, 0).0, 0.0, "nothing measured yet");
+        let (rate, _) = m.sample(t0 + Duration::from_millis(500), 1000);
+        assert!((rate - 2000.0).abs() < 1e-6, "{rate}");
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub(crate) async fn run<T: Transport>(pool: Weak<PoolInner<T>>, mut stop: onesho
         let next = pass(&inner);
         // A connection that goes idle after this pass expires no sooner than
         // now + idle_timeout, so sleeping at most that long misses nothing.
+        // ...and the maintenance pass must run on its interval.
         let cap = inner
             .core_config
             .idle_timeout
-            .map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+            .map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP))
+            .min(inner.maintenance_interval);
         drop(inner);
         let now = tokio::time::Instant::now();
         let wake = next
