@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::CoreConfig;
 use super::conn_table::{Conn, ConnTable, Phase};
 use super::counters::{CloseReason, RetireReason, Stats};
 use super::ids::{ConnId, WaiterId};
@@ -11,6 +10,7 @@ use super::load::{LoadMeter, LoadSample};
 use super::policy::Circuit;
 use super::rng::Rng;
 use super::waiters::{Waiter, WaiterQueue};
+use super::{CoreConfig, later};
 use crate::Error;
 
 /// One slot on one connection, granted to one request.
@@ -734,7 +734,7 @@ impl<C, W> OriginPool<C, W> {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(conn.touched + limit)
+        Some(later(conn.touched, limit))
     }
 
     /// Whether connections may have idle limits of their own (Keep-Alive
@@ -1085,7 +1085,9 @@ impl<C, W> OriginPool<C, W> {
             .config
             .backoff
             .delay(self.connect_failures, &mut self.rng);
-        self.circuit = Circuit::Open { until: now + delay };
+        self.circuit = Circuit::Open {
+            until: later(now, delay),
+        };
         self.stats.cx_circuit_opened += 1;
         let waiters: Vec<Waiter<W>> = self.waiters.drain().collect();
         for w in waiters {

@@ -76,7 +76,10 @@ impl RecycleConfig {
     pub(crate) fn expiry(&self, opened: Instant, rng: &mut Rng) -> Option<Instant> {
         let age = self.max_age?;
         let factor = 1.0 + self.max_age_jitter * (2.0 * rng.unit() - 1.0);
-        Some(opened + age.mul_f64(factor))
+        // try_from: a huge configured age times 1.1 must not overflow.
+        let jittered =
+            Duration::try_from_secs_f64(age.as_secs_f64() * factor).unwrap_or(Duration::MAX);
+        Some(super::later(opened, jittered))
     }
 }
 

@@ -930,3 +930,39 @@ fn when_the_circuit_opens_the_other_waiters_are_told_when_to_come_back() {
         "{acts:?}"
     );
 }
+
+/// Regression (fuzz/keep_alive): `Keep-Alive: timeout=99999999999999999991`
+/// made the idle deadline overflow `Instant` and panic; a malicious origin
+/// could crash the proxy with one header.
+#[test]
+fn fuzz_found_a_huge_keep_alive_timeout_does_not_overflow() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let conn = open_one(&mut c, t0);
+    c.keep_alive_hint(
+        conn,
+        t0,
+        Some(Duration::from_secs(99_999_999_999_999_999)),
+        None,
+    );
+    c.handle_timeout(t0 + ms(1));
+    assert!(c.next_timeout().is_some());
+    c.check_invariants().unwrap();
+    // And huge configured durations do not overflow either.
+    let mut c = core(CoreConfig {
+        recycle: RecycleConfig {
+            max_age: Some(Duration::MAX),
+            ..RecycleConfig::default()
+        },
+        backoff: BackoffConfig {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+            failure_threshold: 1,
+        },
+        ..CoreConfig::default()
+    });
+    open_one(&mut c, t0);
+    c.enqueue(t0, t0 + ms(1), 1).ok();
+    c.handle_timeout(t0 + ms(2));
+    c.check_invariants().unwrap();
+}

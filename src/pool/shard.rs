@@ -634,7 +634,9 @@ impl Deadline {
     }
 
     fn at(&mut self, now: Instant) -> Instant {
-        *self.at.get_or_insert(now + self.timeout)
+        *self
+            .at
+            .get_or_insert_with(|| crate::core::later(now, self.timeout))
     }
 }
 

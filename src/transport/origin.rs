@@ -118,13 +118,26 @@ impl Origin {
         if host.is_empty() || host == "[]" {
             return Err(invalid(&text(), "missing host"));
         }
-        let port = match authority.port_u16() {
-            Some(0) => return Err(invalid(&text(), "port 0 is not a valid port")),
-            Some(p) => p,
-            None if authority.as_str().ends_with(':') => {
-                return Err(invalid(&text(), "empty port"));
-            }
-            None => scheme.default_port(),
+        if !is_valid_host(host) {
+            return Err(invalid(&text(), "host is not a DNS name or an IP address"));
+        }
+        // Read the port text ourselves: `http::Uri` accepts `host:abc` and
+        // `host:65536`, for which `port_u16()` is None, and falling back to
+        // the default port then would send the request somewhere the URI
+        // never named (found by fuzzing).
+        let after_host = authority.as_str().get(host.len()..).unwrap_or("");
+        let port = match after_host.strip_prefix(':') {
+            None if after_host.is_empty() => scheme.default_port(),
+            None => return Err(invalid(&text(), "unexpected text after the host")),
+            Some("") => return Err(invalid(&text(), "empty port")),
+            Some(digits) => match digits.parse::<u16>() {
+                _ if !digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(invalid(&text(), "port is not a number"));
+                }
+                Ok(0) => return Err(invalid(&text(), "port 0 is not a valid port")),
+                Ok(p) => p,
+                Err(_) => return Err(invalid(&text(), "port is above 65535")),
+            },
         };
         Ok(Origin::new(scheme, &host.to_ascii_lowercase(), port))
     }
@@ -264,6 +277,18 @@ impl Origin {
     }
 }
 
+/// A DNS name (letters, digits, `-`, `.`, `_`), an IPv4 address, or an IPv6
+/// address in brackets. `http::Uri` accepts more (percent-escapes, sub-
+/// delimiters, `[$]`), none of which can name a host to connect to or a TLS
+/// server name; found by fuzzing.
+fn is_valid_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
 fn invalid(uri: &str, reason: &'static str) -> Error {
     Error::InvalidOrigin {
         uri: uri.to_string(),
@@ -354,6 +379,48 @@ mod tests {
         );
         assert_eq!(reason("http://x/path"), "an origin has no path or query");
         assert_eq!(reason("http://x:"), "empty port");
+    }
+
+    /// Regression (fuzz/origin_parse): `http::Uri` takes `host:abc` and
+    /// `host:65536`, and the origin used to fall back to the default port.
+    #[test]
+    fn fuzz_found_unreadable_ports_are_errors_not_the_default_port() {
+        for (uri, reason) in [
+            ("https://pq:a/", "port is not a number"),
+            ("https://10.0.0.1:+1441/", "port is not a number"),
+            ("http://a:65536/", "port is above 65535"),
+            ("https://10.0.0.1:443l/", "port is not a number"),
+        ] {
+            let parsed: Uri = match uri.parse() {
+                Ok(u) => u,
+                Err(_) => continue, // rejected even earlier: fine
+            };
+            match Origin::from_uri(&parsed) {
+                Err(Error::InvalidOrigin { reason: r, .. }) => assert_eq!(r, reason, "{uri}"),
+                other => panic!("{uri}: expected an error, got {other:?}"),
+            }
+        }
+        assert_eq!(Origin::parse("http://a:8080").unwrap().port(), 8080);
+    }
+
+    /// Regression (fuzz/origin_parse): `http::Uri` takes `https://[$]/`, and
+    /// the origin used to keep `[$]` as its host.
+    #[test]
+    fn fuzz_found_bracketed_non_ipv6_hosts_are_rejected() {
+        for bad in [
+            "https://[$]/",
+            "http://[::1%eth0]/",
+            "http://a%20b/",
+            "http://a!b/",
+            "http://[zz]/",
+        ] {
+            let uri: Result<Uri, _> = bad.parse();
+            if let Ok(uri) = uri {
+                assert!(Origin::from_uri(&uri).is_err(), "{bad} must be rejected");
+            }
+        }
+        assert!(Origin::parse("http://under_score.example").is_ok());
+        assert!(Origin::parse("http://[2001:db8::1]:8080").is_ok());
     }
 
     #[test]
