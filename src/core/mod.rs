@@ -51,13 +51,14 @@ pub use policy::{BackoffConfig, Circuit, RecycleConfig};
 
 use crate::Error;
 
-/// `t + d`, saturating at a point a century ahead instead of panicking:
+/// `t + d`, or a century ahead when `t + d` is not representable, instead
+/// of panicking:
 /// durations reach the core from configuration and from origins (a
 /// `Keep-Alive: timeout=99999999999999999999` header must not crash the
 /// proxy; found by fuzzing).
 pub(crate) fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    t.checked_add(d.min(CENTURY))
+    t.checked_add(d)
         .or_else(|| t.checked_add(CENTURY))
         .unwrap_or(t)
 }

@@ -966,3 +966,22 @@ fn fuzz_found_a_huge_keep_alive_timeout_does_not_overflow() {
     c.handle_timeout(t0 + ms(2));
     c.check_invariants().unwrap();
 }
+
+/// Regression (fuzz/keep_alive, second run): a representable but huge
+/// Keep-Alive timeout was clamped to a century, so the connection closed
+/// before the deadline the hint gave.
+#[test]
+fn fuzz_found_a_representable_deadline_is_kept_exactly() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        idle_timeout: None,
+        ..CoreConfig::default()
+    });
+    let conn = open_one(&mut c, t0);
+    let huge = Duration::from_secs(99_999_999_999_999);
+    c.keep_alive_hint(conn, t0, Some(huge), None);
+    let margin = RecycleConfig::default().keep_alive_margin;
+    if let Some(deadline) = t0.checked_add(huge - margin) {
+        assert_eq!(c.next_timeout(), Some(deadline));
+    }
+}
