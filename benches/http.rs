@@ -277,11 +277,14 @@ fn http2(c: &mut Criterion) {
         .build_http();
     // The limit: one h2 connection opened once, shared by every task.
     let raw = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(server.origin.addr).await.expect("connect");
-        tcp.set_nodelay(true).expect("nodelay");
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        let tcp = tokio::net::TcpStream::connect(server.origin.addr)
             .await
-            .expect("h2 handshake");
+            .expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
         tokio::spawn(conn);
         sender
     });
@@ -302,23 +305,34 @@ fn http2(c: &mut Criterion) {
                 rt.block_on(spread(iters, states, |(client, uri), n| async move {
                     let uri: http::Uri = uri.parse().expect("uri");
                     for _ in 0..n {
-                        read_all(client.request(get_uri(&uri)).await.expect("request").into_body()).await;
+                        read_all(
+                            client
+                                .request(get_uri(&uri))
+                                .await
+                                .expect("request")
+                                .into_body(),
+                        )
+                        .await;
                     }
                 }))
             })
         });
-        group.bench_with_input(BenchmarkId::new("raw_connection", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(raw.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(mut sender, uri), n| async move {
-                    for _ in 0..n {
-                        sender.ready().await.expect("ready");
-                        let response = sender.send_request(get(&uri)).await.expect("request");
-                        read_all(response.into_body()).await;
-                    }
-                }))
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("raw_connection", conc),
+            &conc,
+            |b, &conc| {
+                b.iter_custom(|iters| {
+                    let states = vec![(raw.clone(), uri.clone()); conc];
+                    rt.block_on(spread(iters, states, |(mut sender, uri), n| async move {
+                        for _ in 0..n {
+                            sender.ready().await.expect("ready");
+                            let response = sender.send_request(get(&uri)).await.expect("request");
+                            read_all(response.into_body()).await;
+                        }
+                    }))
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -11,7 +11,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -73,8 +73,11 @@ fn serve(kind: &str) {
         let origin = TestOrigin::start(options).await;
         // The test CA is made per process: hand ours to the parent.
         println!("{}", origin.url(""));
-        print!("{}", certs::ca_pem());
-        println!();
+        // Nothing may follow the CA's END line: the parent stops reading
+        // there, and a write into the closed pipe would kill this process.
+        let ca = certs::ca_pem();
+        let _ = write!(std::io::stdout(), "{}{}", ca, if ca.ends_with('\n') { "" } else { "\n" });
+        let _ = std::io::stdout().flush();
         // Serve until the parent closes our stdin.
         let _ = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
@@ -134,7 +137,9 @@ fn measure(kind: &str) -> f64 {
             .build()
             .expect("tls config");
         if kind == "h2tls" {
-            let h2 = Http2::with_tls(tls).max_concurrent_streams(1).expect("one stream");
+            let h2 = Http2::with_tls(tls)
+                .max_concurrent_streams(1)
+                .expect("one stream");
             hold_idle(h2, &origin).await
         } else {
             hold_idle(Http1::with_tls(tls), &origin).await
