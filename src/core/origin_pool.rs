@@ -13,6 +13,11 @@ use super::waiters::{Waiter, WaiterQueue};
 use super::{CoreConfig, later};
 use crate::Error;
 
+/// The most slots one connection is counted with. Far above any real stream
+/// limit (HTTP/2 peers default to 100), and small enough that sums over many
+/// connections cannot overflow (found by fuzzing with `usize::MAX` slots).
+const MAX_SLOTS: usize = 1 << 24;
+
 /// One slot on one connection, granted to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
@@ -156,7 +161,7 @@ impl<C, W> OriginPool<C, W> {
             conns: ConnTable::new(),
             waiters: WaiterQueue::new(),
             actions: VecDeque::new(),
-            expected_slots,
+            expected_slots: expected_slots.min(MAX_SLOTS),
             connecting: 0,
             reserved: 0,
             ready: 0,
@@ -344,6 +349,7 @@ impl<C, W> OriginPool<C, W> {
         slots: usize,
         handle: C,
     ) -> Result<Option<Grant>, C> {
+        let slots = slots.min(MAX_SLOTS);
         let reserved = match self.conns.get(id) {
             Some(conn) if conn.phase == Phase::Connecting => conn.reserved,
             _ => return Err(handle),
@@ -425,7 +431,9 @@ impl<C, W> OriginPool<C, W> {
     /// Fails the waiters that the attempts still in flight cannot cover, at
     /// most one connection's worth, with `ConnectFailed`.
     fn fail_uncovered_waiters(&mut self) {
-        let covered = (self.connecting - self.reserved) * self.expected_slots.max(1);
+        // Saturating: a transport may announce usize::MAX slots (found by
+        // fuzzing: the product overflowed).
+        let covered = (self.connecting - self.reserved).saturating_mul(self.expected_slots.max(1));
         let mut to_fail = self
             .waiters
             .len()
@@ -487,6 +495,7 @@ impl<C, W> OriginPool<C, W> {
     /// Leases above a lowered limit run to completion; no new ones are
     /// granted until the connection is below it.
     pub fn set_slots(&mut self, id: ConnId, now: Instant, slots: usize) {
+        let slots = slots.min(MAX_SLOTS);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -1026,7 +1035,7 @@ impl<C, W> OriginPool<C, W> {
                 && (pool.config.open_more_when_saturated || pool.ready + pool.connecting == 0)
         };
         // Demand: waiters beyond what the attempts in flight will bring.
-        while self.waiters.len() > self.coming() * per_conn && may_open(self) {
+        while self.waiters.len() > self.coming().saturating_mul(per_conn) && may_open(self) {
             if !self.begin_connect(now) {
                 return;
             }
@@ -1035,7 +1044,12 @@ impl<C, W> OriginPool<C, W> {
         if self.config.preconnect_ratio > 1.0 {
             let want = ((self.rq_active + self.waiters.len()) as f64 * self.config.preconnect_ratio)
                 .ceil() as usize;
-            while want > self.ready_slots + self.coming() * per_conn && may_open(self) {
+            while want
+                > self
+                    .ready_slots
+                    .saturating_add(self.coming().saturating_mul(per_conn))
+                && may_open(self)
+            {
                 if !self.begin_connect(now) {
                     return;
                 }

@@ -985,3 +985,28 @@ fn fuzz_found_a_representable_deadline_is_kept_exactly() {
         assert_eq!(c.next_timeout(), Some(deadline));
     }
 }
+
+/// Regression (fuzz/config): a transport announcing `usize::MAX` slots made
+/// `attempts x expected slots` and the sum of ready slots overflow.
+#[test]
+fn fuzz_found_huge_slot_counts_do_not_overflow() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        expected_slots: usize::MAX,
+        preconnect_ratio: 3.0,
+        ..CoreConfig::default()
+    });
+    for w in 0..3 {
+        c.enqueue(t0, t0 + ms(100), w).unwrap();
+    }
+    let Some(Action::Connect(a)) = c.poll_action() else {
+        panic!()
+    };
+    actions(&mut c);
+    c.connected(a, t0, usize::MAX, "a").unwrap();
+    actions(&mut c);
+    c.set_slots(a, t0, usize::MAX);
+    c.set_slots(a, t0, 7);
+    c.set_slots(a, t0, usize::MAX);
+    c.check_invariants().unwrap();
+}
