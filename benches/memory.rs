@@ -76,7 +76,12 @@ fn serve(kind: &str) {
         // Nothing may follow the CA's END line: the parent stops reading
         // there, and a write into the closed pipe would kill this process.
         let ca = certs::ca_pem();
-        let _ = write!(std::io::stdout(), "{}{}", ca, if ca.ends_with('\n') { "" } else { "\n" });
+        let _ = write!(
+            std::io::stdout(),
+            "{}{}",
+            ca,
+            if ca.ends_with('\n') { "" } else { "\n" }
+        );
         let _ = std::io::stdout().flush();
         // Serve until the parent closes our stdin.
         let _ = tokio::task::spawn_blocking(|| {
