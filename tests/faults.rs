@@ -381,3 +381,38 @@ async fn origin_killed_and_restarted_under_load() {
     let (ok, failed) = run(50).await;
     assert_eq!((ok, failed.len()), (50, 0), "{failed:?}");
 }
+
+#[tokio::test]
+async fn a_blackholed_http2_connection_is_found_by_ping_and_closed() {
+    use edgepool::health::DefaultHealthCheck;
+    use edgepool::transport::http2::Http2;
+    let origin = TestOrigin::start(Options {
+        http2: true,
+        ..Options::plain()
+    })
+    .await;
+    let relay = ChaosRelay::start(origin.addr);
+    let pool = Pool::builder(Http2::new())
+        .ping_interval(Some(Duration::from_millis(100)))
+        .health_check(DefaultHealthCheck {
+            ping_timeout: Duration::from_millis(200),
+        })
+        .build()
+        .unwrap();
+    let uri = format!("http://{}/", relay.addr());
+    let response = pool.request(get(&uri)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    // The peer goes silent: no request is in flight, only the PING notices.
+    relay.blackhole(true);
+    let p = pool.clone();
+    eventually("the PING found the dead connection", move || {
+        p.stats().total.cx_destroy.health_check == 1
+    })
+    .await;
+    assert_eq!(pool.stats().total.cx_active, 0);
+    relay.blackhole(false);
+    let response = within("a request on a new connection", pool.request(get(&uri)))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+}

@@ -30,7 +30,7 @@ options:
                          (default: h1 for http origins, auto for https).
                          h2 over http is prior-knowledge h2c; auto offers h2
                          and http/1.1 by TLS ALPN (over http it is h1).
-                         h3 is not available yet.
+                         h3 needs the `http3` feature (--features http3).
   --ca-file PEM          also trust the CA certificates in this PEM file for an
                          https origin (the public webpki roots stay trusted;
                          certificate verification is never turned off)

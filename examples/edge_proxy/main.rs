@@ -74,8 +74,22 @@ async fn main() -> ExitCode {
             "--protocol {}: needs edgepool's `http2` feature, which this build lacks",
             config.protocol.as_str()
         )))),
+        #[cfg(feature = "http3")]
+        ProtocolArg::H3 => {
+            use edgepool::transport::http3::Http3;
+            let mut builder = Http3::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls(tls);
+            }
+            match builder.build() {
+                Ok(h3) => run(&config, h3).await,
+                Err(e) => Err(Failure::Usage(UsageError(format!("--protocol h3: {e}")))),
+            }
+        }
+        #[cfg(not(feature = "http3"))]
         ProtocolArg::H3 => Err(Failure::Usage(UsageError(
-            "--protocol h3: HTTP/3 is not available yet".to_string(),
+            "--protocol h3: needs edgepool's `http3` feature (cargo run --features http3 ...)"
+                .to_string(),
         ))),
     };
     match result {
