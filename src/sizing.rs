@@ -216,7 +216,9 @@ fn clamp(x: f64, min: usize, max: usize) -> usize {
     } else {
         0
     };
-    x.clamp(min, max)
+    // Not `clamp`: it panics when min > max, and `target()` may be called on
+    // a policy nobody validated (found by fuzzing). max wins then.
+    x.max(min).min(max)
 }
 
 /// How often the pool re-evaluates its sizing policy by default.
@@ -313,6 +315,13 @@ mod tests {
             .validate()
             .is_err()
         );
+        // Unvalidated, they still never panic (found by fuzzing).
+        let unvalidated = LittlesLaw {
+            headroom: 1.5,
+            min: 5,
+            max: 4,
+        };
+        assert_eq!(unvalidated.target(&load(1000.0, 100, 1)).warm, 4);
         assert!(
             Fixed { warm: 3, max: 2 }
                 .validate()

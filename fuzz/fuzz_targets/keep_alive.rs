@@ -191,21 +191,21 @@ fn apply_to_core(hint: KeepAlive, idle_timeout: Option<Duration>) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // Beyond any process's lifetime the core may saturate the deadline
-        // (it does at a century): there, only check that a decade idle does
-        // not close it.
-        const HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-        match idle {
-            Some(idle) if idle <= HORIZON => {
-                pool.handle_timeout(t0 + (idle - Duration::from_nanos(1)));
+        // Exact wherever the deadline is a representable Instant (the core
+        // saturates only where it is not); there, a decade idle must not
+        // close it.
+        const DECADE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        match idle.and_then(|idle| t0.checked_add(idle).map(|at| (idle, at))) {
+            Some((idle, at)) => {
+                pool.handle_timeout(at - Duration::from_nanos(1));
                 invariants(&pool, "handle_timeout before the idle limit");
                 assert_eq!(pool.phase(conn), Some(Phase::Ready), "closed before {idle:?}");
-                pool.handle_timeout(t0 + idle);
+                pool.handle_timeout(at);
                 invariants(&pool, "handle_timeout at the idle limit");
                 assert_eq!(pool.phase(conn), None, "not closed at {idle:?} idle");
             }
-            _ => {
-                pool.handle_timeout(t0 + HORIZON);
+            None => {
+                pool.handle_timeout(t0 + DECADE);
                 invariants(&pool, "handle_timeout a decade later");
                 assert_eq!(pool.phase(conn), Some(Phase::Ready), "closed before {idle:?}");
             }

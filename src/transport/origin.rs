@@ -173,7 +173,13 @@ impl Origin {
     /// certificate). The name is part of the key: origins with different SNI
     /// never share a connection.
     pub fn with_sni(&self, name: &str) -> Result<Origin, Error> {
-        if name.is_empty() || name.contains(['/', ' ', '@']) {
+        // A DNS name or an IP address (unbracketed: a TLS server name is
+        // never bracketed); found by fuzzing that control characters and
+        // ':' were accepted.
+        let valid = !name.is_empty()
+            && (name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.starts_with('[') && is_valid_host(name)));
+        if !valid {
             return Err(Error::config(
                 "sni",
                 name,
@@ -442,5 +448,10 @@ mod tests {
         assert_eq!(b, a.with_sni("A.example").unwrap());
         assert_eq!(b.server_name(), "a.example");
         assert!(a.with_sni("").is_err());
+        // Found by fuzzing: control characters and ':' were accepted.
+        for bad in ["a\u{7}b", "a:b", "[::1]", "a b", "a/b"] {
+            assert!(a.with_sni(bad).is_err(), "{bad:?}");
+        }
+        assert!(a.with_sni("::1").is_ok());
     }
 }
