@@ -150,12 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connect_is_one_connect_error_naming_the_origin() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).expect("origin");
+        let (origin, port) = crate::transport::closed_port_origin().await;
         let err = TcpConnector::new()
             .connect(&origin)
             .await

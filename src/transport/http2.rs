@@ -1233,12 +1233,7 @@ mod tests {
 
     #[tokio::test]
     async fn connect_refused_is_a_connect_error() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).expect("origin");
+        let (origin, _) = crate::transport::closed_port_origin().await;
         let err = Http2::new()
             .connect(&origin, ConnEvents::detached())
             .await

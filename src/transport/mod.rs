@@ -169,6 +169,21 @@ impl SendError {
     }
 }
 
+/// For tests: an origin on a 127.0.0.1 port that was just free (bound, then
+/// released), so a connect to it is refused.
+#[cfg(test)]
+pub(crate) async fn closed_port_origin() -> (Origin, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    (
+        Origin::parse(&format!("http://127.0.0.1:{port}")).expect("origin"),
+        port,
+    )
+}
+
 /// Something that happened to an open connection, reported by its own task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
