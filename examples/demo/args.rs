@@ -9,10 +9,12 @@ pub const USAGE_LINE: &str = "usage: demo [--requests N] [--concurrency N] [--rt
 /// Printed by `--help`.
 pub const HELP: &str = "\
 edgepool demo: the same HTTPS workload with a new TCP+TLS connection per
-request, through an edgepool pool over HTTP/1.1, and through one over HTTP/2,
-against an embedded origin behind a relay that simulates a network round trip.
-Then: the sizing policy's target for that HTTP/1.1 load, head-of-line blocking
-on one connection (HTTP/1.1 vs HTTP/2), and cold vs warm first requests.
+request, and through an edgepool pool over HTTP/1.1, HTTP/2 and HTTP/3,
+against embedded origins (TCP and QUIC) behind relays that simulate a network
+round trip. Then: the sizing policy's target for that HTTP/1.1 load,
+head-of-line blocking on one connection (HTTP/1.1 vs HTTP/2), cold vs warm
+first requests, and a cold connect over TCP+TLS, QUIC and QUIC 0-RTT.
+
 Loopback only; no network needed.
 
 usage: demo [--requests N] [--concurrency N] [--rtt-ms N]

@@ -143,7 +143,7 @@ fn spawn_get<T: Transport>(pool: &Pool<T>, url: Uri) -> Timed {
     tokio::spawn(async move {
         timed_get(&pool, url)
             .await
-            .map(|(latency, _info)| latency)
+            .map(|served| served.latency)
             .map_err(|e| describe(e.as_ref()))
     })
 }

@@ -1,12 +1,14 @@
 //! edgepool demo: what a warm connection pool saves a proxy.
 //!
-//! Starts an HTTPS origin (HTTP/2 and HTTP/1.1) and a relay in front of it
-//! that simulates a network round-trip time (both on 127.0.0.1, nothing
-//! leaves the machine), then sends the same workload opening a new TCP+TLS
-//! connection per request, through an edgepool pool over HTTP/1.1, and
-//! through one over HTTP/2, and prints a table comparing them. Below it:
-//! the sizing policy's target for the HTTP/1.1 load, head-of-line blocking
-//! on one connection (HTTP/1.1 vs HTTP/2), and cold vs warm first requests.
+//! Starts an HTTPS origin (HTTP/2 and HTTP/1.1 over TCP), an HTTP/3 origin
+//! (QUIC over UDP), and a relay in front of each that simulates a network
+//! round-trip time (all on 127.0.0.1, nothing leaves the machine), then
+//! sends the same workload opening a new TCP+TLS connection per request,
+//! and through an edgepool pool over HTTP/1.1, HTTP/2 and HTTP/3, and
+//! prints a table comparing them. Below it: the sizing policy's target for
+//! the HTTP/1.1 load, head-of-line blocking on one connection (HTTP/1.1 vs
+//! HTTP/2), cold vs warm first requests, and the cold connect (TCP+TLS vs
+//! QUIC vs QUIC 0-RTT) in round trips.
 //!
 //! ```text
 //! cargo run --release --example demo -- [--requests N] [--concurrency N] [--rtt-ms N]
@@ -14,6 +16,8 @@
 
 mod args;
 mod certs;
+mod cold_connect;
+mod h3_origin;
 mod hol;
 mod origin;
 mod progress;
@@ -21,6 +25,7 @@ mod relay;
 mod report;
 mod scenario;
 mod sizing_check;
+mod udp_relay;
 mod warmth;
 mod workload;
 
@@ -30,9 +35,11 @@ use edgepool::transport::tls::TlsConfig;
 
 use args::{Command, Params};
 use certs::Certs;
+use h3_origin::H3Origin;
 use origin::Origin;
 use relay::Relay;
 use scenario::{Scenario, Setup};
+use udp_relay::UdpRelay;
 
 fn main() -> ExitCode {
     // Non-UTF-8 arguments are kept (lossily) so they are reported as unknown.
@@ -74,16 +81,22 @@ async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     let certs = Certs::generate().expect("rcgen can generate a CA and a server certificate");
     let origin = Origin::start(&certs).await?;
     let relay = Relay::start(origin.addr(), params.rtt).await?;
+    let h3_origin = H3Origin::start(&certs).await?;
+    let udp_relay = UdpRelay::start(h3_origin.addr(), params.rtt).await?;
     let tls = TlsConfig::builder()
         .webpki_roots(false)
         .add_ca_pem(certs.ca_pem.as_bytes())?
         .build()?;
     // The certificate names 127.0.0.1, so it verifies for the relay's address.
     let url = format!("https://{}/", relay.addr()).parse()?;
+    let h3_url = format!("https://{}/", udp_relay.addr()).parse()?;
     let setup = Setup {
         origin,
         url,
+        h3_origin,
+        h3_url,
         tls,
+        ca_pem: certs.ca_pem.clone(),
         params,
     };
 
@@ -96,6 +109,7 @@ async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     }
     let hol = hol::run(&setup).await?;
     let warmth = warmth::run(&setup).await?;
+    let cold = cold_connect::run(&setup).await?;
 
     println!();
     report::print_params(&params);
@@ -105,7 +119,9 @@ async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     sizing_check::print(&rows);
     hol::print(&hol, params.rtt);
     warmth::print(&warmth, params.rtt);
+    cold_connect::print(&cold, params.rtt);
     Ok(rows.iter().map(|row| row.errors).sum::<usize>()
         + hol.iter().map(hol::HolRow::errors).sum::<usize>()
-        + warmth.iter().map(warmth::Case::errors).sum::<usize>())
+        + warmth.iter().map(warmth::Case::errors).sum::<usize>()
+        + cold.iter().map(cold_connect::Case::errors).sum::<usize>())
 }

@@ -28,6 +28,9 @@ use crate::certs::Certs;
 /// Size of every response body, in bytes.
 pub const BODY_LEN: usize = 64;
 
+/// Every response body (both origins send the same).
+pub static BODY: [u8; BODY_LEN] = [b'e'; BODY_LEN];
+
 /// Streams one HTTP/2 connection may carry at once (the same as edgepool's
 /// default cap, so both sides agree on 100).
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -112,7 +115,6 @@ async fn serve(tcp: TcpStream, acceptor: TlsAcceptor) {
 
 /// The body after the delay the request asked for (none unless `/slow`).
 async fn respond(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    static BODY: [u8; BODY_LEN] = [b'e'; BODY_LEN];
     let delay = requested_delay(request.uri());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -126,7 +128,7 @@ async fn respond(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
 
 /// `/slow?ms=N` asks for N ms (capped at [`MAX_DELAY_MS`]); any other path,
 /// or a missing or malformed `ms`, for none.
-fn requested_delay(uri: &http::Uri) -> Duration {
+pub fn requested_delay(uri: &http::Uri) -> Duration {
     if uri.path() != "/slow" {
         return Duration::ZERO;
     }

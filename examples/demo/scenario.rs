@@ -1,7 +1,7 @@
 //! The named scenarios, each a way of sending the same workload, and what
 //! each one measures into a [`Row`]: the rows of the main table. New rows
-//! (HTTP/3, say) are new variants here; the sections below the table
-//! (head-of-line, cold vs warm) have modules of their own.
+//! are new variants here; the sections below the table (head-of-line, cold
+//! vs warm, cold connect) have modules of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use edgepool::transport::http1::Http1;
 use edgepool::transport::http2::Http2;
+use edgepool::transport::http3::{EarlyData, Http3};
+
 use edgepool::transport::tls::TlsConfig;
 use edgepool::transport::{ConnEvents, Connection, RequestBody, Transport};
 use edgepool::{ConnectionInfo, Pool, Stats};
@@ -17,6 +19,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 use crate::args::Params;
+use crate::h3_origin::H3Origin;
 use crate::origin::{BODY_LEN, Origin};
 use crate::report::Row;
 use crate::workload::{self, Measurement, RequestError};
@@ -27,8 +30,16 @@ pub struct Setup {
     pub origin: Origin,
     /// The URL requests go to (through the relay).
     pub url: Uri,
+    /// The HTTP/3 origin, for its accept counter.
+    pub h3_origin: H3Origin,
+    /// The URL HTTP/3 requests go to (through the UDP relay).
+    pub h3_url: Uri,
     /// Trusts the demo CA, and nothing else.
     pub tls: TlsConfig,
+    /// The demo CA, PEM, for sections that need TLS configurations of
+    /// their own (a fresh session store each).
+    pub ca_pem: String,
+
     /// How much load.
     pub params: Params,
 }
@@ -46,6 +57,9 @@ pub enum Scenario {
     /// One edgepool pool over HTTP/2 (TLS, ALPN h2), starting empty: one
     /// connection carries up to 100 requests at once.
     PooledHttp2,
+    /// One edgepool pool over HTTP/3 (QUIC, through the UDP relay), starting
+    /// empty: one connection carries up to 100 requests at once.
+    PooledHttp3,
 }
 
 /// The HTTP/1.1 pool's `maintenance_interval`: how often it is to re-evaluate
@@ -54,10 +68,11 @@ pub const SIZING_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Scenario {
     /// Every scenario, baseline first.
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 4] = [
         Scenario::NewConnectionPerRequest,
         Scenario::PooledHttp1,
         Scenario::PooledHttp2,
+        Scenario::PooledHttp3,
     ];
 
     /// The name in the table.
@@ -66,6 +81,7 @@ impl Scenario {
             Scenario::NewConnectionPerRequest => "new TCP+TLS per request",
             Scenario::PooledHttp1 => "edgepool (HTTP/1.1, pooled)",
             Scenario::PooledHttp2 => "edgepool (HTTP/2, pooled)",
+            Scenario::PooledHttp3 => "edgepool (HTTP/3, pooled)",
         }
     }
 
@@ -85,24 +101,39 @@ impl Scenario {
                 params.concurrency.min(params.requests),
                 row.origin_connections
             )),
+            Scenario::PooledHttp3 => Some(format!(
+                "{}: the same, over QUIC through a UDP relay with the same delay (origin conns are QUIC connections); quinn does not expose the server's stream limit, so a connection lends 100 streams and lowers that once if opening a stream has to wait for the server's credit, which returns about a round trip after a stream ends: {} connection(s) here",
+                self.name(),
+                row.origin_connections
+            )),
         }
     }
 
     /// Runs the workload and measures it.
     pub async fn run(self, setup: &Setup) -> Result<Row, edgepool::Error> {
-        let accepted_before = setup.origin.connections_accepted();
+        let accepted = || match self {
+            Scenario::PooledHttp3 => setup.h3_origin.connections_accepted(),
+            _ => setup.origin.connections_accepted(),
+        };
+        let accepted_before = accepted();
         let (measurement, stats) = match self {
             Scenario::NewConnectionPerRequest => (per_request(self.name(), setup).await?, None),
             Scenario::PooledHttp1 => {
                 let pool = Pool::builder(Http1::with_tls(setup.tls.clone()))
                     .maintenance_interval(SIZING_INTERVAL)
                     .build()?;
-                let (measurement, stats) = pooled(self.name(), setup, pool).await;
+                let (measurement, stats) = pooled(self.name(), setup, &setup.url, pool).await;
                 (measurement, Some(stats))
             }
             Scenario::PooledHttp2 => {
                 let pool = Pool::builder(Http2::with_tls(setup.tls.clone())).build()?;
-                let (measurement, stats) = pooled(self.name(), setup, pool).await;
+                let (measurement, stats) = pooled(self.name(), setup, &setup.url, pool).await;
+                (measurement, Some(stats))
+            }
+            Scenario::PooledHttp3 => {
+                let transport = Http3::builder().tls(setup.tls.clone()).build()?;
+                let pool = Pool::builder(transport).build()?;
+                let (measurement, stats) = pooled(self.name(), setup, &setup.h3_url, pool).await;
                 (measurement, Some(stats))
             }
         };
@@ -121,7 +152,7 @@ impl Scenario {
             p99: measurement.percentile(99.0),
             mean: measurement.mean(),
             elapsed: measurement.elapsed,
-            origin_connections: setup.origin.connections_accepted() - accepted_before,
+            origin_connections: accepted() - accepted_before,
             reuse_ratio: stats.map_or(0.0, |s| s.reuse_ratio()),
             errors: measurement.errors,
             warm_target: match self {
@@ -160,8 +191,14 @@ async fn per_request(name: &str, setup: &Setup) -> Result<Measurement, edgepool:
 /// connection goes back to the pool. Also returns the pool's counters as
 /// they were when the last request ended (before the pool shuts down, which
 /// zeroes its gauges).
-async fn pooled<T: Transport>(name: &str, setup: &Setup, pool: Pool<T>) -> (Measurement, Stats) {
-    let url = setup.url.clone();
+async fn pooled<T: Transport>(
+    name: &str,
+    setup: &Setup,
+    url: &Uri,
+    pool: Pool<T>,
+) -> (Measurement, Stats) {
+    let url = url.clone();
+
     let params = setup.params;
     let client = pool.clone();
     let measurement = workload::run(name, params.requests, params.concurrency, move || {
@@ -181,25 +218,37 @@ async fn pooled<T: Transport>(name: &str, setup: &Setup, pool: Pool<T>) -> (Meas
     (measurement, stats)
 }
 
+/// What [`timed_get`] saw of one request.
+pub struct Served {
+    /// From the call to the last byte of the body.
+    pub latency: Duration,
+    /// The connection it went on.
+    pub info: Option<ConnectionInfo>,
+    /// Whether it went as TLS early data (HTTP/3 only; `None` on the others).
+    pub early_data: Option<bool>,
+}
+
 /// One GET through `pool`, timed from the call to the last byte of the body
 /// (read to the end, so the connection goes back), with the connection it
 /// went on. A request that takes longer than the load generator's limit
 /// counts as failed.
-pub async fn timed_get<T: Transport>(
-    pool: &Pool<T>,
-    url: Uri,
-) -> Result<(Duration, Option<ConnectionInfo>), RequestError> {
+pub async fn timed_get<T: Transport>(pool: &Pool<T>, url: Uri) -> Result<Served, RequestError> {
     let started = Instant::now();
     let exchange = async {
         let request = Request::get(url).body(Empty::<Bytes>::new())?;
         let response = pool.request(request).await?;
         let info = response.extensions().get::<ConnectionInfo>().cloned();
+        let early_data = response.extensions().get::<EarlyData>().map(|e| e.0);
         let status = response.status();
         check(status, response.into_body().collect().await?.to_bytes())?;
-        Ok::<_, RequestError>(info)
+        Ok::<_, RequestError>((info, early_data))
     };
     match tokio::time::timeout(workload::REQUEST_TIMEOUT, exchange).await {
-        Ok(Ok(info)) => Ok((started.elapsed(), info)),
+        Ok(Ok((info, early_data))) => Ok(Served {
+            latency: started.elapsed(),
+            info,
+            early_data,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!(
             "no response within {} s",

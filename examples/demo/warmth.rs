@@ -151,8 +151,8 @@ async fn one_trial(
             timed_get(&pool, url.clone()).await?;
             tokio::time::sleep(lull).await;
         }
-        let (latency, info) = timed_get(&pool, url).await?;
-        Ok((latency, info.map(|i| i.reused)))
+        let served = timed_get(&pool, url).await?;
+        Ok((served.latency, served.info.map(|i| i.reused)))
     }
     .await
     .map_err(|e: RequestError| describe(e.as_ref()));
