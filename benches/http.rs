@@ -8,7 +8,10 @@
 //! - HTTP/2 (h2c): edgepool vs hyper-util's `Client` with `http2_only` vs
 //!   one raw pre-opened h2 connection shared by all tasks;
 //! - TLS: edgepool over TLS vs a new TCP+TLS connection per request (the
-//!   handshake cost a pool exists to remove).
+//!   handshake cost a pool exists to remove);
+//! - HTTP/3 (QUIC, feature `http3`, against the tests' quinn+h3 origin):
+//!   edgepool vs one raw pre-opened h3 connection shared by all tasks vs a
+//!   new QUIC connection per request.
 //!
 //! A reported time is per request, all tasks together: requests/s = 1 / time.
 //! The origin runs on its own single-worker runtime; clients on a 2-worker one.
@@ -337,5 +340,158 @@ fn http2(c: &mut Criterion) {
     group.finish();
 }
 
+/// HTTP/3: many streams on few QUIC connections, against an in-process
+/// quinn+h3 origin (100 streams per connection).
+#[cfg(feature = "http3")]
+fn http3(c: &mut Criterion) {
+    use edgepool::transport::http3::Http3;
+    use support::h3_origin::{H3Options, H3Origin};
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let server = server_rt.block_on(H3Origin::start(H3Options::default()));
+    let uri: Arc<str> = format!("{}/", server.url()).into();
+    let rt = client_runtime();
+    let mut group = c.benchmark_group("http3");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+    let pool = rt.block_on(async {
+        let transport = Http3::builder()
+            .tls(certs::test_ca_tls())
+            .build()
+            .expect("transport");
+        Pool::builder(transport).build().expect("pool")
+    });
+    let raw = rt.block_on(raw_h3::connect(server.addr()));
+    for conc in CONCURRENCY {
+        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
+            b.iter_custom(|iters| {
+                let states = vec![(pool.clone(), uri.clone()); conc];
+                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
+                    for _ in 0..n {
+                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
+                    }
+                }))
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("raw_connection", conc),
+            &conc,
+            |b, &conc| {
+                b.iter_custom(|iters| {
+                    let states = vec![(raw.clone(), uri.clone()); conc];
+                    rt.block_on(spread(iters, states, |(sender, uri), n| async move {
+                        for _ in 0..n {
+                            raw_h3::get(&sender, &uri).await;
+                        }
+                    }))
+                })
+            },
+        );
+    }
+
+    // A new QUIC connection (handshake included) for every request, with
+    // the same transport: each connection resumes the session, so this is
+    // the cheapest a connection per request can be.
+    let transport = rt.block_on(async {
+        Http3::builder()
+            .tls(certs::test_ca_tls())
+            .build()
+            .expect("transport")
+    });
+    let origin: edgepool::Origin = uri.parse::<http::Uri>().map_or_else(
+        |e| panic!("uri: {e}"),
+        |u| edgepool::Origin::from_uri(&u).expect("origin"),
+    );
+    group.bench_function(BenchmarkId::new("new_connection_per_request", 1), |b| {
+        b.iter_custom(|iters| {
+            let states = vec![(transport.clone(), origin.clone(), uri.clone())];
+            rt.block_on(spread(
+                iters,
+                states,
+                |(transport, origin, uri), n| async move {
+                    for _ in 0..n {
+                        let conn = transport
+                            .connect(&origin, ConnEvents::detached())
+                            .await
+                            .expect("connect");
+                        let request =
+                            get(&uri).map(|b| b.map_err(|never| match never {}).boxed_unsync());
+                        let response = conn
+                            .send(request)
+                            .await
+                            .map_err(|e| e.error)
+                            .expect("request");
+                        read_all(response.into_body()).await;
+                    }
+                },
+            ))
+        })
+    });
+    group.finish();
+    drop(pool);
+    drop(server);
+}
+
+/// The HTTP/3 baseline: one quinn connection with an h3 client, no pool.
+#[cfg(feature = "http3")]
+mod raw_h3 {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use bytes::{Buf, Bytes};
+    use edgepool::transport::tls::Alpn;
+    use quinn::crypto::rustls::QuicClientConfig;
+
+    use super::support::certs;
+
+    pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+    /// Connects to `server` and drives the h3 connection on its own task.
+    pub async fn connect(server: SocketAddr) -> Sender {
+        let mut tls = (*certs::test_ca_tls().client_config(Alpn::Http1)).clone();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC client TLS");
+        let mut endpoint =
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let quic = endpoint
+            .connect(server, "127.0.0.1")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(quic))
+            .await
+            .expect("h3 client");
+        tokio::spawn(async move {
+            let _endpoint = endpoint;
+            let _ = driver.wait_idle().await;
+        });
+        sender
+    }
+
+    /// One GET, its body read to the end.
+    pub async fn get(sender: &Sender, uri: &str) {
+        let mut sender = sender.clone();
+        let request = http::Request::get(uri).body(()).expect("request");
+        let mut stream = sender.send_request(request).await.expect("send");
+        stream.finish().await.expect("finish");
+        let response = stream.recv_response().await.expect("response");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        while let Some(mut chunk) = stream.recv_data().await.expect("body") {
+            chunk.advance(chunk.remaining());
+        }
+    }
+}
+
+#[cfg(feature = "http3")]
+criterion_group!(benches, http1, http2, tls, http3);
+#[cfg(not(feature = "http3"))]
 criterion_group!(benches, http1, http2, tls);
+
 criterion_main!(benches);

@@ -84,6 +84,8 @@ def main():
     http("http1", ["hyper_util", "raw_connections"])
     http("http2", ["hyper_util", "raw_connection"])
     http("tls", ["new_connection_per_request"])
+    http("http3", ["raw_connection", "new_connection_per_request"])
+
 
 
 if __name__ == "__main__":
