@@ -140,3 +140,53 @@ async fn deliver(
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clients behind one relay each get their own replies back: the
+    /// relay keeps a flow (and an origin-side socket) per client address.
+    #[tokio::test]
+    async fn each_client_gets_its_own_replies() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.expect("echo socket");
+        let echo_addr = echo.local_addr().expect("echo address");
+        let echo_task = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                let Ok((n, from)) = echo.recv_from(&mut buf).await else {
+                    return;
+                };
+                // The reply names the origin-side address it came from, so
+                // the test can tell the flows apart.
+                let mut reply = buf[..n].to_vec();
+                reply.extend_from_slice(format!("@{from}").as_bytes());
+                let _ = echo.send_to(&reply, from).await;
+            }
+        });
+        let relay = UdpRelay::start(echo_addr, Duration::ZERO)
+            .await
+            .expect("relay");
+        let mut replies = Vec::new();
+        for name in ["a", "b"] {
+            let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+            client.connect(relay.addr()).await.expect("connect");
+            client.send(name.as_bytes()).await.expect("send");
+            let mut buf = [0u8; 128];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+                .await
+                .expect("a reply within 10 s")
+                .expect("recv");
+            replies.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        echo_task.abort();
+        let (a, b) = (&replies[0], &replies[1]);
+        assert!(a.starts_with("a@"), "{a}");
+        assert!(b.starts_with("b@"), "{b}");
+        assert_ne!(
+            a[1..],
+            b[1..],
+            "the two clients shared one origin-side socket"
+        );
+    }
+}
