@@ -3,8 +3,13 @@
 //!
 //! The origin runs in a child process (this same binary with `--serve`), so
 //! its memory is not counted. Kernel socket buffers are not in RSS either;
-//! what is measured is what edgepool, hyper, h2 and rustls keep per
+//! what is measured is what edgepool, hyper, h2, quinn and rustls keep per
 //! connection in the proxy's own heap.
+//!
+//! Each measurement runs in a fresh process (`--measure KIND`), so no case
+//! reuses heap another case freed, and is repeated [`RUNS`] times: the
+//! allocator's arenas make single figures swing by 2× or more for HTTP/2
+//! and HTTP/3, so the median and the range are printed.
 //!
 //! Run: `cargo bench --bench memory`.
 
@@ -22,6 +27,8 @@ use edgepool::{Origin, Pool};
 use support::{Options, TestOrigin, certs};
 
 const CONNECTIONS: usize = 1000;
+/// Measurements of each kind, each in its own process.
+const RUNS: usize = 5;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -29,14 +36,44 @@ fn main() {
         serve(args.get(i + 1).map(String::as_str).unwrap_or("plain"));
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--measure") {
+        let per_conn = measure(args.get(i + 1).map(String::as_str).unwrap_or("plain"));
+        println!("{per_conn:.0}");
+        return;
+    }
     if args.iter().any(|a| a == "--list" || a == "--test") {
         return; // cargo test --benches / cargo bench --list: nothing to list
     }
-    println!("{:<22} {:>14}", "connection kind", "bytes/conn");
-    for (name, options) in cases() {
-        let per_conn = measure(&options);
-        println!("{name:<22} {per_conn:>14.0}");
+    println!(
+        "{:<22} {:>18} {:>22}",
+        "connection kind",
+        "median bytes/conn",
+        format!("range of {RUNS} runs")
+    );
+    for (name, kind) in cases() {
+        let mut runs: Vec<f64> = (0..RUNS).map(|_| measure_in_child(&kind)).collect();
+        runs.sort_unstable_by(f64::total_cmp);
+        println!(
+            "{name:<22} {:>18.0} {:>22}",
+            runs[RUNS / 2],
+            format!("{:.0} - {:.0}", runs[0], runs[RUNS - 1])
+        );
     }
+}
+
+/// One measurement of `kind`, in a fresh process.
+fn measure_in_child(kind: &str) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let output = Command::new(exe)
+        .args(["--measure", kind])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run a measurement");
+    assert!(output.status.success(), "measuring {kind} failed");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("a number of bytes")
 }
 
 fn cases() -> Vec<(&'static str, String)> {
@@ -48,10 +85,27 @@ fn cases() -> Vec<(&'static str, String)> {
     cases
 }
 
-/// HTTP/2 over TLS (one stream per connection here, so that 1,000
-/// checkouts hold 1,000 connections).
+/// HTTP/2 over TLS, and HTTP/3 when built in (one stream per connection
+/// here, so that 1,000 checkouts hold 1,000 connections).
 fn extra_cases() -> Vec<(&'static str, String)> {
-    vec![("http/2 over TLS", "h2tls".to_string())]
+    let mut cases = vec![("http/2 over TLS", "h2tls".to_string())];
+    if cfg!(feature = "http3") {
+        cases.push(("http/3 (QUIC)", "h3".to_string()));
+    }
+    cases
+}
+
+/// The HTTP/3 origin, in the child; its URL, for the parent.
+#[cfg(feature = "http3")]
+async fn start_h3() -> (String, Box<dyn std::any::Any>) {
+    use support::h3_origin::{H3Options, H3Origin};
+    let origin = H3Origin::start(H3Options::default()).await;
+    (origin.url(), Box::new(origin))
+}
+
+#[cfg(not(feature = "http3"))]
+async fn start_h3() -> (String, Box<dyn std::any::Any>) {
+    panic!("this bench was built without the http3 feature");
 }
 
 fn serve(kind: &str) {
@@ -70,9 +124,14 @@ fn serve(kind: &str) {
             },
             _ => Options::plain(),
         };
-        let origin = TestOrigin::start(options).await;
+        let (url, origin): (String, Box<dyn std::any::Any>) = if kind == "h3" {
+            start_h3().await
+        } else {
+            let origin = TestOrigin::start(options).await;
+            (origin.url(""), Box::new(origin))
+        };
         // The test CA is made per process: hand ours to the parent.
-        println!("{}", origin.url(""));
+        println!("{url}");
         // Nothing may follow the CA's END line: the parent stops reading
         // there, and a write into the closed pipe would kill this process.
         let ca = certs::ca_pem();
@@ -146,6 +205,8 @@ fn measure(kind: &str) -> f64 {
                 .max_concurrent_streams(1)
                 .expect("one stream");
             hold_idle(h2, &origin).await
+        } else if kind == "h3" {
+            hold_idle_h3(tls, &origin).await
         } else {
             hold_idle(Http1::with_tls(tls), &origin).await
         }
@@ -155,7 +216,23 @@ fn measure(kind: &str) -> f64 {
     per_conn
 }
 
+#[cfg(feature = "http3")]
+async fn hold_idle_h3(tls: edgepool::transport::tls::TlsConfig, origin: &Origin) -> f64 {
+    let h3 = edgepool::transport::http3::Http3::builder()
+        .tls(tls)
+        .max_concurrent_streams(1)
+        .build()
+        .expect("http3 transport");
+    hold_idle(h3, origin).await
+}
+
+#[cfg(not(feature = "http3"))]
+async fn hold_idle_h3(_tls: edgepool::transport::tls::TlsConfig, _origin: &Origin) -> f64 {
+    unreachable!("the h3 case is listed only with the http3 feature")
+}
+
 /// Opens `CONNECTIONS` connections through the pool (all checked out at
+
 /// once, so each is a new one), lets them go idle, and returns the RSS
 /// growth per connection.
 async fn hold_idle<T: Transport>(transport: T, origin: &Origin) -> f64 {
