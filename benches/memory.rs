@@ -232,7 +232,6 @@ async fn hold_idle_h3(_tls: edgepool::transport::tls::TlsConfig, _origin: &Origi
 }
 
 /// Opens `CONNECTIONS` connections through the pool (all checked out at
-
 /// once, so each is a new one), lets them go idle, and returns the RSS
 /// growth per connection.
 async fn hold_idle<T: Transport>(transport: T, origin: &Origin) -> f64 {

@@ -87,6 +87,5 @@ def main():
     http("http3", ["raw_connection", "new_connection_per_request"])
 
 
-
 if __name__ == "__main__":
     main()

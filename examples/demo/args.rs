@@ -14,7 +14,6 @@ against embedded origins (TCP and QUIC) behind relays that simulate a network
 round trip. Then: the sizing policy's target for that HTTP/1.1 load,
 head-of-line blocking on one connection (HTTP/1.1 vs HTTP/2), cold vs warm
 first requests, and a cold connect over TCP+TLS, QUIC and QUIC 0-RTT.
-
 Loopback only; no network needed.
 
 usage: demo [--requests N] [--concurrency N] [--rtt-ms N]

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use edgepool::transport::http1::Http1;
 use edgepool::transport::http2::Http2;
 use edgepool::transport::http3::{EarlyData, Http3};
-
 use edgepool::transport::tls::TlsConfig;
 use edgepool::transport::{ConnEvents, Connection, RequestBody, Transport};
 use edgepool::{ConnectionInfo, Pool, Stats};
@@ -39,7 +38,6 @@ pub struct Setup {
     /// The demo CA, PEM, for sections that need TLS configurations of
     /// their own (a fresh session store each).
     pub ca_pem: String,
-
     /// How much load.
     pub params: Params,
 }
@@ -198,7 +196,6 @@ async fn pooled<T: Transport>(
     pool: Pool<T>,
 ) -> (Measurement, Stats) {
     let url = url.clone();
-
     let params = setup.params;
     let client = pool.clone();
     let measurement = workload::run(name, params.requests, params.concurrency, move || {
