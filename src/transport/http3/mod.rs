@@ -29,6 +29,20 @@
 //! closed and its requests that provably went unprocessed are handed back
 //! to the pool, which sends them on another connection.
 //!
+//! # Idle connections: the pool's clock and QUIC's
+//!
+//! The pool decides when an unused connection is closed
+//! ([`PoolBuilder::idle_timeout`](crate::PoolBuilder::idle_timeout), default
+//! 90 s), as for every protocol. QUIC has an idle timeout of its own (the
+//! smaller of both peers', here [`Http3Builder::idle_timeout`], default
+//! 60 s) after which a silent connection is gone without a packet. The
+//! keep-alive ([`Http3Builder::keep_alive_interval`], default 15 s, which
+//! must be shorter than that idle timeout) keeps a pooled connection alive
+//! until the pool's own clock retires it, and keeps the NAT mapping on the
+//! path open. With keep-alive off, a connection idle past QUIC's timeout
+//! closes by itself; the pool sees it close and opens a new one when it is
+//! next needed, so nothing is lost, but that request pays a handshake.
+//!
 //! # Connection migration
 //!
 //! [`Http3::rebind`] moves the endpoint to another UDP socket (a new local
