@@ -352,7 +352,10 @@ fn http3(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("server runtime");
-    let server = server_rt.block_on(H3Origin::start(H3Options::default()));
+    let server = server_rt.block_on(H3Origin::start(H3Options {
+        record: false,
+        ..H3Options::default()
+    }));
     let uri: Arc<str> = format!("{}/", server.url()).into();
     let rt = client_runtime();
     let mut group = c.benchmark_group("http3");
@@ -395,19 +398,25 @@ fn http3(c: &mut Criterion) {
         );
     }
 
-    // A new QUIC connection (handshake included) for every request, with
-    // the same transport: each connection resumes the session, so this is
-    // the cheapest a connection per request can be.
+    // A new QUIC connection for every request, each a full handshake: no
+    // session cache, so no resumption and no 0-RTT. (With a cache, whether
+    // a connection resumes depends on whether the previous one lived long
+    // enough to receive its ticket, which varies run to run.)
     let transport = rt.block_on(async {
+        let no_resumption = edgepool::transport::tls::TlsConfig::builder()
+            .webpki_roots(false)
+            .add_ca_pem(certs::ca_pem().as_bytes())
+            .expect("test CA")
+            .session_cache_size(0)
+            .build()
+            .expect("tls");
         Http3::builder()
-            .tls(certs::test_ca_tls())
+            .tls(no_resumption)
             .build()
             .expect("transport")
     });
-    let origin: edgepool::Origin = uri.parse::<http::Uri>().map_or_else(
-        |e| panic!("uri: {e}"),
-        |u| edgepool::Origin::from_uri(&u).expect("origin"),
-    );
+    let origin =
+        edgepool::Origin::from_uri(&uri.parse::<http::Uri>().expect("uri")).expect("origin");
     group.bench_function(BenchmarkId::new("new_connection_per_request", 1), |b| {
         b.iter_custom(|iters| {
             let states = vec![(transport.clone(), origin.clone(), uri.clone())];
@@ -420,6 +429,7 @@ fn http3(c: &mut Criterion) {
                             .connect(&origin, ConnEvents::detached())
                             .await
                             .expect("connect");
+                        assert!(!conn.used_0rtt(), "a full handshake was meant");
                         let request =
                             get(&uri).map(|b| b.map_err(|never| match never {}).boxed_unsync());
                         let response = conn

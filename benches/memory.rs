@@ -6,10 +6,11 @@
 //! what is measured is what edgepool, hyper, h2, quinn and rustls keep per
 //! connection in the proxy's own heap.
 //!
-//! Each measurement runs in a fresh process (`--measure KIND`), so no case
-//! reuses heap another case freed, and is repeated [`RUNS`] times: the
-//! allocator's arenas make single figures swing by 2× or more for HTTP/2
-//! and HTTP/3, so the median and the range are printed.
+//! Each measurement runs in a fresh process (`--measure KIND`): measured one
+//! after another in one process, later kinds reused heap that earlier ones
+//! had freed and came out low by up to half. Each kind is measured
+//! [`RUNS`] times and the median and range printed, so a reader can see
+//! the spread rather than trust one figure.
 //!
 //! Run: `cargo bench --bench memory`.
 

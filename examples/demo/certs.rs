@@ -3,7 +3,10 @@
 //! edgepool's own TLS configuration; verification is never turned off.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use std::sync::Arc;
+
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
 
 /// The CA (for clients) and the server's identity (for the origin).
 pub struct Certs {
@@ -16,6 +19,18 @@ pub struct Certs {
 }
 
 impl Certs {
+    /// A rustls server configuration presenting the server certificate
+    /// (ring provider, TLS 1.3 and 1.2), offering `alpn` in that order.
+    pub fn server_config(&self, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, rustls::Error> {
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(vec![self.server_cert.clone()], self.server_key.clone_key())?;
+        config.alpn_protocols = alpn;
+        Ok(config)
+    }
+
     /// Generates fresh keys and certificates. Fails only if the crypto
     /// library does, which is not expected on any supported platform.
     pub fn generate() -> Result<Certs, rcgen::Error> {

@@ -5,7 +5,7 @@
 //!
 //! | how                 | handshake round trips          |
 //! |---------------------|--------------------------------|
-//! | TCP + TLS 1.3       | 2: TCP's SYN, then TLS's own   |
+//! | TCP + TLS 1.3       | 2: TCP's SYN, then TLS's own (3 for edgepool's HTTP/2, see below) |
 //! | QUIC, new session   | 1: QUIC and TLS share it       |
 //! | QUIC, resumed 0-RTT | 0: the request rides with the ClientHello |
 //!
@@ -25,7 +25,7 @@ use edgepool::transport::Transport;
 use edgepool::transport::http1::Http1;
 use edgepool::transport::http2::Http2;
 use edgepool::transport::http3::Http3;
-use edgepool::transport::tls::TlsConfig;
+
 use http::Uri;
 
 use crate::report::{millis, print_grid};
@@ -61,10 +61,13 @@ impl Way {
         }
     }
 
-    /// The handshake round trips the mission counts for this way.
+    /// The handshake round trips this way needs before the request can go:
+    /// TCP's and TLS's, plus for edgepool's HTTP/2 the PING round trip that
+    /// brings the server's SETTINGS.
     fn expected(self) -> &'static str {
         match self {
-            Way::TcpTlsHttp1 | Way::TcpTlsHttp2 => "2-3",
+            Way::TcpTlsHttp1 => "2",
+            Way::TcpTlsHttp2 => "3",
             Way::Quic => "1",
             Way::QuicZeroRtt => "0",
         }
@@ -128,10 +131,7 @@ pub async fn run(setup: &Setup) -> Result<Vec<Case>, Box<dyn std::error::Error>>
 /// A fresh pool (and TLS session store) for `way`, and its first request.
 /// Fails only if a pool or transport cannot be built.
 async fn one_trial(setup: &Setup, way: Way) -> Result<Trial, edgepool::Error> {
-    let tls = TlsConfig::builder()
-        .webpki_roots(false)
-        .add_ca_pem(setup.ca_pem.as_bytes())?
-        .build()?;
+    let tls = setup.fresh_tls()?;
     Ok(match way {
         Way::TcpTlsHttp1 => first_request(Http1::with_tls(tls), &setup.url).await?,
         Way::TcpTlsHttp2 => first_request(Http2::with_tls(tls), &setup.url).await?,
@@ -198,7 +198,13 @@ pub fn print(cases: &[Case], rtt: Duration) {
             let mut ratios: Vec<f64> = seen.iter().filter_map(|s| s.round_trips()).collect();
             ratios.sort_unstable_by(f64::total_cmp);
             let round_trips = ratios.get(ratios.len().saturating_sub(1) / 2).copied();
-            let early = seen.iter().filter(|s| s.early_data == Some(true)).count();
+            // Only HTTP/3 reports early data; over TCP the column is n/a.
+            let early = if seen.iter().any(|s| s.early_data.is_some()) {
+                let sent_early = seen.iter().filter(|s| s.early_data == Some(true)).count();
+                format!("{sent_early}/{}", seen.len())
+            } else {
+                "n/a".to_string()
+            };
             vec![
                 case.way.name().to_string(),
                 case.trials.len().to_string(),
@@ -208,7 +214,7 @@ pub fn print(cases: &[Case], rtt: Duration) {
                 round_trips.map_or("n/a".to_string(), |n| format!("{n:.1}")),
                 round_trips.map_or("n/a".to_string(), |n| format!("{:.1}", n - 1.0)),
                 case.way.expected().to_string(),
-                format!("{early}/{}", latencies.len()),
+                early,
                 case.errors().to_string(),
             ]
         })

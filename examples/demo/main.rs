@@ -31,8 +31,6 @@ mod workload;
 
 use std::process::ExitCode;
 
-use edgepool::transport::tls::TlsConfig;
-
 use args::{Command, Params};
 use certs::Certs;
 use h3_origin::H3Origin;
@@ -83,10 +81,7 @@ async fn run(params: Params) -> Result<usize, Box<dyn std::error::Error>> {
     let relay = Relay::start(origin.addr(), params.rtt).await?;
     let h3_origin = H3Origin::start(&certs).await?;
     let udp_relay = UdpRelay::start(h3_origin.addr(), params.rtt).await?;
-    let tls = TlsConfig::builder()
-        .webpki_roots(false)
-        .add_ca_pem(certs.ca_pem.as_bytes())?
-        .build()?;
+    let tls = scenario::demo_tls(&certs.ca_pem)?;
     // The certificate names 127.0.0.1, so it verifies for the relay's address.
     let url = format!("https://{}/", relay.addr()).parse()?;
     let h3_url = format!("https://{}/", udp_relay.addr()).parse()?;

@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::certs::Certs;
 
@@ -47,17 +46,9 @@ pub struct Origin {
 impl Origin {
     /// Binds 127.0.0.1 on a free port and starts serving.
     pub async fn start(certs: &Certs) -> Result<Origin, Box<dyn std::error::Error>> {
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![certs.server_cert.clone()],
-                    certs.server_key.clone_key(),
-                )?;
         // The server picks the first of its own protocols the client offers:
         // h2 for edgepool's HTTP/2 transport, http/1.1 for its HTTP/1.1 one.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = certs.server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
 
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;

@@ -42,6 +42,22 @@ pub struct Setup {
     pub params: Params,
 }
 
+impl Setup {
+    /// A TLS configuration that trusts the demo CA (and nothing else), with
+    /// a session store of its own: nothing to resume.
+    pub fn fresh_tls(&self) -> Result<TlsConfig, edgepool::Error> {
+        demo_tls(&self.ca_pem)
+    }
+}
+
+/// A TLS configuration that trusts the CA `ca_pem` and nothing else.
+pub fn demo_tls(ca_pem: &str) -> Result<TlsConfig, edgepool::Error> {
+    TlsConfig::builder()
+        .webpki_roots(false)
+        .add_ca_pem(ca_pem.as_bytes())?
+        .build()
+}
+
 /// A way of sending the workload.
 #[derive(Debug, Clone, Copy)]
 pub enum Scenario {

@@ -48,6 +48,10 @@ pub struct H3Options {
     pub zero_rtt: bool,
     /// Bind this port (0: any), to restart a server where one was.
     pub port: u16,
+    /// Keep every request in [`H3Origin::seen`]. Benches turn it off: the
+    /// list grows without bound and its lock is work the TCP origins do
+    /// not do.
+    pub record: bool,
 }
 
 impl Default for H3Options {
@@ -56,6 +60,7 @@ impl Default for H3Options {
             max_concurrent_streams: 100,
             zero_rtt: true,
             port: 0,
+            record: true,
         }
     }
 }
@@ -92,6 +97,8 @@ struct State {
     gate: watch::Sender<bool>,
     /// Bumped to make every open connection send GOAWAY and drain.
     goaway: watch::Sender<u64>,
+    /// Whether to keep `seen`.
+    record: bool,
 }
 
 /// A running HTTP/3 origin. Everything it started stops when it is dropped.
@@ -139,6 +146,7 @@ impl H3Origin {
             seen: Mutex::new(Vec::new()),
             gate: watch::Sender::new(true),
             goaway: watch::Sender::new(0),
+            record: options.record,
         });
         let task = tokio::spawn(serve(endpoint.clone(), Arc::clone(&state)));
         H3Origin {
@@ -354,13 +362,15 @@ async fn request(
     counters.requests.fetch_add(1, Ordering::SeqCst);
     counters.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight(counters);
-    state.seen.lock().expect("seen").push(Seen {
-        conn,
-        method: head.method().clone(),
-        path: head.uri().path().to_string(),
-        early,
-        remote,
-    });
+    if state.record {
+        state.seen.lock().expect("seen").push(Seen {
+            conn,
+            method: head.method().clone(),
+            path: head.uri().path().to_string(),
+            early,
+            remote,
+        });
+    }
     if counters
         .reject_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -36,10 +36,13 @@
 //! 90 s), as for every protocol. QUIC has an idle timeout of its own (the
 //! smaller of both peers', here [`Http3Builder::idle_timeout`], default
 //! 60 s) after which a silent connection is gone without a packet. The
-//! keep-alive ([`Http3Builder::keep_alive_interval`], default 15 s, which
-//! must be shorter than that idle timeout) keeps a pooled connection alive
-//! until the pool's own clock retires it, and keeps the NAT mapping on the
-//! path open. With keep-alive off, a connection idle past QUIC's timeout
+//! keep-alive ([`Http3Builder::keep_alive_interval`], default 15 s) keeps a
+//! pooled connection alive until the pool's own clock retires it, and keeps
+//! the NAT mapping on the path open. `build` checks it against this side's
+//! idle timeout only; the server's is unknown until a connection is open,
+//! so if your origins use a QUIC idle timeout below 15 s, lower the
+//! keep-alive interval below it too, or their connections will close
+//! between requests. With keep-alive off, a connection idle past QUIC's timeout
 //! closes by itself; the pool sees it close and opens a new one when it is
 //! next needed, so nothing is lost, but that request pays a handshake.
 //!
