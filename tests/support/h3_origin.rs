@@ -431,11 +431,30 @@ fn query(head: &Request<()>) -> HashMap<String, String> {
 pub struct UdpRelay {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    dropped: Arc<AtomicUsize>,
 }
 
 impl UdpRelay {
     /// Starts a relay on 127.0.0.1 in front of `server`.
     pub async fn start(server: SocketAddr, delay: Duration) -> UdpRelay {
+        UdpRelay::start_lossy(server, delay, 0).await
+    }
+
+    /// Like [`start`](UdpRelay::start), also dropping every `drop_every`th
+    /// datagram in each direction (0: none). The pattern is fixed, so a
+    /// failure replays: datagram number `drop_every`, `2 * drop_every`, ...
+    /// of each direction is lost, handshake packets included.
+    pub async fn start_lossy(server: SocketAddr, delay: Duration, drop_every: u64) -> UdpRelay {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&dropped);
+        let lost = move |count: &mut u64| {
+            *count += 1;
+            let lost = drop_every != 0 && *count % drop_every == 0;
+            if lost {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            lost
+        };
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("relay front"));
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("relay back"));
         let addr = front.local_addr().expect("relay address");
@@ -443,15 +462,22 @@ impl UdpRelay {
             let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
             let mut from_client = vec![0u8; 65536];
             let mut from_server = vec![0u8; 65536];
+            let (mut up, mut down) = (0u64, 0u64);
             loop {
                 tokio::select! {
                     received = front.recv_from(&mut from_client) => {
                         let Ok((n, peer)) = received else { continue };
                         *client.lock().expect("client") = Some(peer);
+                        if lost(&mut up) {
+                            continue;
+                        }
                         let _ = back.send_to(&from_client[..n], server).await;
                     }
                     received = back.recv_from(&mut from_server) => {
                         let Ok((n, _)) = received else { continue };
+                        if lost(&mut down) {
+                            continue;
+                        }
                         let Some(peer) = *client.lock().expect("client") else { continue };
                         let datagram = from_server[..n].to_vec();
                         let front = Arc::clone(&front);
@@ -463,7 +489,16 @@ impl UdpRelay {
                 }
             }
         });
-        UdpRelay { addr, task }
+        UdpRelay {
+            addr,
+            task,
+            dropped,
+        }
+    }
+
+    /// Datagrams dropped so far, both ways.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// `https://127.0.0.1:PORT` of the relay's client side.
