@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use edgepool::Pool;
 use edgepool::transport::http1::Http1;
 use edgepool::transport::http2::Http2;
@@ -115,15 +116,66 @@ where
     body.collect().await.expect("body");
 }
 
-fn http1(c: &mut Criterion) {
-    let server = server(Options::plain());
-    let uri: Arc<str> = server.origin.url("/").into();
-    let rt = client_runtime();
-    let mut group = c.benchmark_group("http1");
+/// Connects `transport` to `origin`, sends one GET for `uri` and reads the
+/// body; the connection closes when it drops. Returns whether the
+/// connection was made with 0-RTT.
+async fn get_on_new_connection<T: Transport>(
+    transport: &T,
+    origin: &edgepool::Origin,
+    uri: &str,
+) -> bool {
+    let conn = transport
+        .connect(origin, ConnEvents::detached())
+        .await
+        .expect("connect");
+    let used_0rtt = conn.used_0rtt();
+    let request = get(uri).map(|b| b.map_err(|never| match never {}).boxed_unsync());
+    let response = conn
+        .send(request)
+        .await
+        .map_err(|e| e.error)
+        .expect("request");
+    if let Err(e) = response.into_body().collect().await {
+        panic!("body: {}", e.into());
+    }
+    used_0rtt
+}
+
+/// A benchmark group with the timings every group here uses.
+fn configured_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(20);
+    group
+}
+
+/// The `edgepool/conc` bench: `conc` tasks sending GETs through `pool`.
+fn bench_edgepool<T: Transport>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    pool: &Pool<T>,
+    uri: &Arc<str>,
+    conc: usize,
+) {
+    group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
+        b.iter_custom(|iters| {
+            let states = vec![(pool.clone(), uri.clone()); conc];
+            rt.block_on(spread(iters, states, |(pool, uri), n| async move {
+                for _ in 0..n {
+                    read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
+                }
+            }))
+        })
+    });
+}
+
+fn http1(c: &mut Criterion) {
+    let server = server(Options::plain());
+    let uri: Arc<str> = server.origin.url("/").into();
+    let rt = client_runtime();
+    let mut group = configured_group(c, "http1");
     for conc in CONCURRENCY {
         let pool = rt.block_on(async {
             Pool::builder(Http1::new())
@@ -131,16 +183,7 @@ fn http1(c: &mut Criterion) {
                 .build()
                 .expect("pool")
         });
-        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(pool.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
-                    for _ in 0..n {
-                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
-                    }
-                }))
-            })
-        });
+        bench_edgepool(&mut group, &rt, &pool, &uri, conc);
 
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(conc)
@@ -201,11 +244,7 @@ fn tls(c: &mut Criterion) {
     let server = server(Options::tls());
     let uri: Arc<str> = server.origin.url("/").into();
     let rt = client_runtime();
-    let mut group = c.benchmark_group("tls");
-    group
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1))
-        .sample_size(20);
+    let mut group = configured_group(c, "tls");
     for conc in [1usize, 64] {
         let pool = rt.block_on(async {
             Pool::builder(Http1::with_tls(certs::test_ca_tls()))
@@ -213,16 +252,7 @@ fn tls(c: &mut Criterion) {
                 .build()
                 .expect("pool")
         });
-        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(pool.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
-                    for _ in 0..n {
-                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
-                    }
-                }))
-            })
-        });
+        bench_edgepool(&mut group, &rt, &pool, &uri, conc);
 
         // The seed's case: a new TCP + TLS connection for every request,
         // with the same transport (and so the same TLS session cache).
@@ -239,18 +269,7 @@ fn tls(c: &mut Criterion) {
                         states,
                         |(transport, origin, uri), n| async move {
                             for _ in 0..n {
-                                let conn = transport
-                                    .connect(&origin, ConnEvents::detached())
-                                    .await
-                                    .expect("connect");
-                                let request = get(&uri)
-                                    .map(|b| b.map_err(|never| match never {}).boxed_unsync());
-                                let response = conn
-                                    .send(request)
-                                    .await
-                                    .map_err(|e| e.error)
-                                    .expect("request");
-                                read_all(response.into_body()).await;
+                                get_on_new_connection(&*transport, &origin, &uri).await;
                             }
                         },
                     ))
@@ -269,11 +288,7 @@ fn http2(c: &mut Criterion) {
     });
     let uri: Arc<str> = server.origin.url("/").into();
     let rt = client_runtime();
-    let mut group = c.benchmark_group("http2");
-    group
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1))
-        .sample_size(20);
+    let mut group = configured_group(c, "http2");
     let pool = rt.block_on(async { Pool::builder(Http2::new()).build().expect("pool") });
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -292,16 +307,7 @@ fn http2(c: &mut Criterion) {
         sender
     });
     for conc in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(pool.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
-                    for _ in 0..n {
-                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
-                    }
-                }))
-            })
-        });
+        bench_edgepool(&mut group, &rt, &pool, &uri, conc);
         group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
             b.iter_custom(|iters| {
                 let states = vec![(client.clone(), uri.clone()); conc];
@@ -358,11 +364,7 @@ fn http3(c: &mut Criterion) {
     }));
     let uri: Arc<str> = format!("{}/", server.url()).into();
     let rt = client_runtime();
-    let mut group = c.benchmark_group("http3");
-    group
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1))
-        .sample_size(20);
+    let mut group = configured_group(c, "http3");
     let pool = rt.block_on(async {
         let transport = Http3::builder()
             .tls(certs::test_ca_tls())
@@ -372,16 +374,7 @@ fn http3(c: &mut Criterion) {
     });
     let raw = rt.block_on(raw_h3::connect(server.addr()));
     for conc in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("edgepool", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(pool.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(pool, uri), n| async move {
-                    for _ in 0..n {
-                        read_all(pool.request(get(&uri)).await.expect("request").into_body()).await;
-                    }
-                }))
-            })
-        });
+        bench_edgepool(&mut group, &rt, &pool, &uri, conc);
         group.bench_with_input(
             BenchmarkId::new("raw_connection", conc),
             &conc,
@@ -425,19 +418,8 @@ fn http3(c: &mut Criterion) {
                 states,
                 |(transport, origin, uri), n| async move {
                     for _ in 0..n {
-                        let conn = transport
-                            .connect(&origin, ConnEvents::detached())
-                            .await
-                            .expect("connect");
-                        assert!(!conn.used_0rtt(), "a full handshake was meant");
-                        let request =
-                            get(&uri).map(|b| b.map_err(|never| match never {}).boxed_unsync());
-                        let response = conn
-                            .send(request)
-                            .await
-                            .map_err(|e| e.error)
-                            .expect("request");
-                        read_all(response.into_body()).await;
+                        let used_0rtt = get_on_new_connection(&transport, &origin, &uri).await;
+                        assert!(!used_0rtt, "a full handshake was meant");
                     }
                 },
             ))
