@@ -6,8 +6,6 @@
 //! dropped) the task reports [`ConnEvent::Closed`].
 
 use std::fmt;
-#[cfg(feature = "tls")]
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::connector::{Connector, TcpConnector};
 use super::stream::MaybeTlsStream;
 #[cfg(feature = "tls")]
-use super::tls::{Alpn, TlsConfig};
+use super::tls::{Alpn, TlsConfig, TransportTls};
 use super::{
     ConnEvent, ConnEvents, ConnState, Connection, Protocol, RequestBody, SendError, Transport,
 };
@@ -51,11 +49,7 @@ pub struct Http1<C = TcpConnector> {
     max_response_header_bytes: usize,
     max_headers: usize,
     #[cfg(feature = "tls")]
-    tls: Option<TlsConfig>,
-    /// The webpki-roots configuration, built on first use by an `https://`
-    /// origin (and shared by clones), so plaintext-only users never pay for it.
-    #[cfg(feature = "tls")]
-    default_tls: Arc<OnceLock<Result<TlsConfig, Error>>>,
+    tls: TransportTls,
 }
 
 impl Http1<TcpConnector> {
@@ -67,9 +61,7 @@ impl Http1<TcpConnector> {
             max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             #[cfg(feature = "tls")]
-            tls: None,
-            #[cfg(feature = "tls")]
-            default_tls: Arc::new(OnceLock::new()),
+            tls: TransportTls::default(),
         }
     }
 
@@ -79,7 +71,7 @@ impl Http1<TcpConnector> {
     #[cfg(feature = "tls")]
     pub fn with_tls(tls: TlsConfig) -> Self {
         Http1 {
-            tls: Some(tls),
+            tls: TransportTls::new(Some(tls)),
             ..Http1::new()
         }
     }
@@ -95,8 +87,6 @@ impl<C: Connector> Http1<C> {
             max_headers: self.max_headers,
             #[cfg(feature = "tls")]
             tls: self.tls,
-            #[cfg(feature = "tls")]
-            default_tls: self.default_tls,
         }
     }
 
@@ -144,25 +134,12 @@ impl<C: Connector> Http1<C> {
         builder
     }
 
-    #[cfg(feature = "tls")]
-    fn tls_for(&self, origin: &Origin) -> Result<TlsConfig, Error> {
-        if let Some(tls) = origin.tls() {
-            return Ok(tls.clone());
-        }
-        if let Some(tls) = &self.tls {
-            return Ok(tls.clone());
-        }
-        self.default_tls
-            .get_or_init(TlsConfig::default_roots)
-            .clone()
-    }
-
     async fn open_stream(&self, origin: &Origin) -> Result<MaybeTlsStream<C::Io>, Error> {
         match origin.scheme() {
             Scheme::Http => Ok(MaybeTlsStream::Plain(self.connector.connect(origin).await?)),
             #[cfg(feature = "tls")]
             Scheme::Https => {
-                let tls = self.tls_for(origin)?;
+                let tls = self.tls.for_origin(origin)?;
                 let tcp = self.connector.connect(origin).await?;
                 let (stream, _alpn) = tls.connect(tcp, origin, Alpn::Http1).await?;
                 // rustls refuses a server-selected protocol we did not offer,

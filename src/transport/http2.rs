@@ -22,8 +22,6 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-#[cfg(feature = "tls")]
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -42,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connector::{Connector, TcpConnector};
 use super::stream::MaybeTlsStream;
 #[cfg(feature = "tls")]
-use super::tls::{Alpn, TlsConfig};
+use super::tls::{Alpn, TlsConfig, TransportTls};
 use super::{
     ConnEvent, ConnEvents, ConnState, Connection, Protocol, RequestBody, SendError, Transport,
 };
@@ -91,11 +89,7 @@ pub struct Http2<C = TcpConnector> {
     connection_window: u32,
     max_response_header_bytes: usize,
     #[cfg(feature = "tls")]
-    tls: Option<TlsConfig>,
-    /// The webpki-roots configuration, built on first use by an `https://`
-    /// origin (and shared by clones), so h2c-only users never pay for it.
-    #[cfg(feature = "tls")]
-    default_tls: Arc<OnceLock<Result<TlsConfig, Error>>>,
+    tls: TransportTls,
 }
 
 impl Http2<TcpConnector> {
@@ -109,9 +103,7 @@ impl Http2<TcpConnector> {
             connection_window: DEFAULT_CONNECTION_WINDOW,
             max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             #[cfg(feature = "tls")]
-            tls: None,
-            #[cfg(feature = "tls")]
-            default_tls: Arc::new(OnceLock::new()),
+            tls: TransportTls::default(),
         }
     }
 
@@ -121,7 +113,7 @@ impl Http2<TcpConnector> {
     #[cfg(feature = "tls")]
     pub fn with_tls(tls: TlsConfig) -> Self {
         Http2 {
-            tls: Some(tls),
+            tls: TransportTls::new(Some(tls)),
             ..Http2::new()
         }
     }
@@ -145,8 +137,6 @@ impl<C: Connector> Http2<C> {
             max_response_header_bytes: self.max_response_header_bytes,
             #[cfg(feature = "tls")]
             tls: self.tls,
-            #[cfg(feature = "tls")]
-            default_tls: self.default_tls,
         }
     }
 
@@ -231,17 +221,10 @@ impl<C: Connector> Http2<C> {
         builder
     }
 
+    /// The TLS configuration for `origin` (shared with the ALPN-auto transport).
     #[cfg(feature = "tls")]
     pub(crate) fn tls_for(&self, origin: &Origin) -> Result<TlsConfig, Error> {
-        if let Some(tls) = origin.tls() {
-            return Ok(tls.clone());
-        }
-        if let Some(tls) = &self.tls {
-            return Ok(tls.clone());
-        }
-        self.default_tls
-            .get_or_init(TlsConfig::default_roots)
-            .clone()
+        self.tls.for_origin(origin)
     }
 
     async fn open_stream(&self, origin: &Origin) -> Result<MaybeTlsStream<C::Io>, Error> {

@@ -11,8 +11,8 @@
 //! would be shared as widely as the connection is.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -29,6 +29,50 @@ use crate::{Error, Origin};
 /// Source of [`TlsConfig::id`]. Starts at 1 because 0 means "no TLS
 /// configuration of its own" in the pool key.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which TLS configuration a transport uses for an `https://` origin: the
+/// origin's own (it is part of the pool key, so it always wins), else the
+/// one the transport was given, else the webpki roots. One type for every
+/// transport, so they cannot disagree on that order.
+// Only the transports use it; a build with `tls` alone has none.
+#[cfg_attr(
+    not(any(feature = "http1", feature = "http2", feature = "http3")),
+    allow(dead_code)
+)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TransportTls {
+    configured: Option<TlsConfig>,
+    /// The webpki-roots configuration, built on first use by an `https://`
+    /// origin (and shared by clones), so plaintext-only users never pay for it.
+    default_roots: Arc<OnceLock<Result<TlsConfig, Error>>>,
+}
+
+#[cfg_attr(
+    not(any(feature = "http1", feature = "http2", feature = "http3")),
+    allow(dead_code)
+)]
+impl TransportTls {
+    /// Uses `configured` for origins without their own; `None`: webpki roots.
+    pub(crate) fn new(configured: Option<TlsConfig>) -> Self {
+        TransportTls {
+            configured,
+            default_roots: Arc::default(),
+        }
+    }
+
+    /// The configuration for `origin`.
+    pub(crate) fn for_origin(&self, origin: &Origin) -> Result<TlsConfig, Error> {
+        if let Some(tls) = origin.tls() {
+            return Ok(tls.clone());
+        }
+        if let Some(tls) = &self.configured {
+            return Ok(tls.clone());
+        }
+        self.default_roots
+            .get_or_init(TlsConfig::default_roots)
+            .clone()
+    }
+}
 
 /// The resumption cache size used unless [`TlsConfigBuilder::session_cache_size`] says otherwise.
 const DEFAULT_SESSION_CACHE_SIZE: usize = 256;

@@ -59,7 +59,7 @@ mod watch;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
@@ -69,7 +69,7 @@ pub use body::Http3Body;
 pub use conn::Http3Connection;
 pub use request::{EarlyData, EarlyDataSafe};
 
-use super::tls::{Alpn, TlsConfig};
+use super::tls::{Alpn, TlsConfig, TransportTls};
 use super::{ConnEvents, Transport};
 use crate::{Error, Origin, Scheme};
 use conn::{Handshake, Shared, h3_no_error};
@@ -119,9 +119,7 @@ pub struct Http3 {
 
 struct Inner {
     endpoint: quinn::Endpoint,
-    tls: Option<TlsConfig>,
-    /// The webpki-roots configuration, built on first use.
-    default_tls: OnceLock<Result<TlsConfig, Error>>,
+    tls: TransportTls,
     /// QUIC client configurations by [`TlsConfig::id`].
     client_configs: Mutex<HashMap<u64, quinn::ClientConfig>>,
     transport_config: Arc<quinn::TransportConfig>,
@@ -175,19 +173,6 @@ impl Http3 {
     /// QUIC connections open on the endpoint (all origins, any state).
     pub fn open_connections(&self) -> usize {
         self.inner.endpoint.open_connections()
-    }
-
-    fn tls_for(&self, origin: &Origin) -> Result<TlsConfig, Error> {
-        if let Some(tls) = origin.tls() {
-            return Ok(tls.clone());
-        }
-        if let Some(tls) = &self.inner.tls {
-            return Ok(tls.clone());
-        }
-        self.inner
-            .default_tls
-            .get_or_init(TlsConfig::default_roots)
-            .clone()
     }
 
     /// The QUIC client configuration for `tls`, derived once per
@@ -306,7 +291,7 @@ impl Transport for Http3 {
                 reason: "the TLS server name is not a DNS name or an IP address",
             });
         }
-        let tls = self.tls_for(origin)?;
+        let tls = self.inner.tls.for_origin(origin)?;
         let config = self.client_config(&tls)?;
         let addr = self.resolve(origin).await?;
         let connecting = self
@@ -595,8 +580,7 @@ impl Http3Builder {
         Ok(Http3 {
             inner: Arc::new(Inner {
                 endpoint,
-                tls: self.tls,
-                default_tls: OnceLock::new(),
+                tls: TransportTls::new(self.tls),
                 client_configs: Mutex::new(HashMap::new()),
                 transport_config: Arc::new(transport),
                 max_concurrent_streams: self.max_concurrent_streams,
