@@ -10,6 +10,28 @@ use super::{Pool, PoolInner, reaper};
 use crate::Error;
 use crate::Origin;
 use crate::core::{BackoffConfig, CoreConfig, RecycleConfig, Stats};
+
+/// Validates a core configuration, naming a rejected field as the
+/// [`PoolBuilder`] method that sets it (the core's own names are shorter),
+/// so an error points at what the user wrote.
+pub(crate) fn validate_core(core: &CoreConfig) -> Result<(), Error> {
+    core.validate().map_err(|e| match e {
+        Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        } => Error::InvalidConfig {
+            field: match field {
+                "max_connections" => "max_connections_per_origin",
+                "max_pending" => "max_pending_per_origin",
+                other => other,
+            },
+            value,
+            reason,
+        },
+        other => other,
+    })
+}
 use crate::health::{DefaultHealthCheck, HealthCheck};
 use crate::recycle::RetirePolicy;
 use crate::sizing::{ByProtocol, DEFAULT_MAINTENANCE_INTERVAL, SizingPolicy};
@@ -256,27 +278,7 @@ impl<T: Transport> PoolBuilder<T> {
     /// Validates the configuration and starts the pool. Must be called
     /// inside a tokio runtime (the pool spawns its background task there).
     pub fn build(self) -> Result<Pool<T>, Error> {
-        self.core.validate().map_err(|e| match e {
-            Error::InvalidConfig {
-                field: "max_connections",
-                value,
-                reason,
-            } => Error::InvalidConfig {
-                field: "max_connections_per_origin",
-                value,
-                reason,
-            },
-            Error::InvalidConfig {
-                field: "max_pending",
-                value,
-                reason,
-            } => Error::InvalidConfig {
-                field: "max_pending_per_origin",
-                value,
-                reason,
-            },
-            other => other,
-        })?;
+        validate_core(&self.core)?;
         if self.max_origins == 0 {
             return Err(Error::config("max_origins", 0, "must be at least 1"));
         }

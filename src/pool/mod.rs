@@ -18,6 +18,8 @@ use http_body_util::BodyExt;
 
 pub use body::ResponseBody;
 pub use builder::PoolBuilder;
+#[cfg(feature = "tower")]
+pub(crate) use builder::validate_core;
 pub use shard::Lease;
 pub use stats::{OriginStats, PoolStats};
 

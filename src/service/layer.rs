@@ -212,18 +212,7 @@ impl Settings {
             idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
             ..defaults
         };
-        core.validate().map_err(|e| match e {
-            Error::InvalidConfig {
-                field: "max_connections",
-                value,
-                reason,
-            } => Error::InvalidConfig {
-                field: "max_connections_per_origin",
-                value,
-                reason,
-            },
-            other => other,
-        })?;
+        crate::pool::validate_core(&core)?;
         for (field, timeout) in [
             ("checkout_timeout", self.checkout_timeout),
             ("connect_timeout", self.connect_timeout),
