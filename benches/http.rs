@@ -171,6 +171,37 @@ fn bench_edgepool<T: Transport>(
     });
 }
 
+/// The `hyper_util/conc` bench: `conc` tasks sending GETs through
+/// hyper-util's legacy `Client`.
+fn bench_hyper_util(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    client: &HyperUtilClient,
+    uri: &Arc<str>,
+    conc: usize,
+) {
+    group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
+        b.iter_custom(|iters| {
+            let states = vec![(client.clone(), uri.clone()); conc];
+            rt.block_on(spread(iters, states, |(client, uri), n| async move {
+                let uri: http::Uri = uri.parse().expect("uri");
+                for _ in 0..n {
+                    read_all(
+                        client
+                            .request(get_uri(&uri))
+                            .await
+                            .expect("request")
+                            .into_body(),
+                    )
+                    .await;
+                }
+            }))
+        })
+    });
+}
+
+type HyperUtilClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
 fn http1(c: &mut Criterion) {
     let server = server(Options::plain());
     let uri: Arc<str> = server.origin.url("/").into();
@@ -185,27 +216,10 @@ fn http1(c: &mut Criterion) {
         });
         bench_edgepool(&mut group, &rt, &pool, &uri, conc);
 
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        let client: HyperUtilClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(conc)
             .build_http();
-        group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(client.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(client, uri), n| async move {
-                    let uri: http::Uri = uri.parse().expect("uri");
-                    for _ in 0..n {
-                        read_all(
-                            client
-                                .request(get_uri(&uri))
-                                .await
-                                .expect("request")
-                                .into_body(),
-                        )
-                        .await;
-                    }
-                }))
-            })
-        });
+        bench_hyper_util(&mut group, &rt, &client, &uri, conc);
 
         // The limit: `conc` connections opened once, one per task, no pool.
         let senders = rt.block_on(raw_http1_connections(server.origin.addr, conc));
@@ -290,7 +304,7 @@ fn http2(c: &mut Criterion) {
     let rt = client_runtime();
     let mut group = configured_group(c, "http2");
     let pool = rt.block_on(async { Pool::builder(Http2::new()).build().expect("pool") });
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let client: HyperUtilClient = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
     // The limit: one h2 connection opened once, shared by every task.
@@ -308,24 +322,7 @@ fn http2(c: &mut Criterion) {
     });
     for conc in CONCURRENCY {
         bench_edgepool(&mut group, &rt, &pool, &uri, conc);
-        group.bench_with_input(BenchmarkId::new("hyper_util", conc), &conc, |b, &conc| {
-            b.iter_custom(|iters| {
-                let states = vec![(client.clone(), uri.clone()); conc];
-                rt.block_on(spread(iters, states, |(client, uri), n| async move {
-                    let uri: http::Uri = uri.parse().expect("uri");
-                    for _ in 0..n {
-                        read_all(
-                            client
-                                .request(get_uri(&uri))
-                                .await
-                                .expect("request")
-                                .into_body(),
-                        )
-                        .await;
-                    }
-                }))
-            })
-        });
+        bench_hyper_util(&mut group, &rt, &client, &uri, conc);
         group.bench_with_input(
             BenchmarkId::new("raw_connection", conc),
             &conc,
