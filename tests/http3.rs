@@ -74,6 +74,23 @@ where
     })
 }
 
+/// Shuts `server` down, waits until `pool` has seen its one connection
+/// close, and starts a new server on the same port: the same certificate,
+/// new session-ticket keys, so tickets from the old one do not resume.
+async fn restart_on_the_same_port(server: H3Origin, pool: &Pool<Http3>) -> H3Origin {
+    let port = server.addr().port();
+    server.shut_down().await;
+    eventually("the pool sees the close", || {
+        pool.stats().total.cx_destroy.remote == 1
+    })
+    .await;
+    H3Origin::start(H3Options {
+        port,
+        ..H3Options::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn requests_reuse_one_connection_and_stream_bodies() {
     let server = H3Origin::start(H3Options::default()).await;
@@ -284,7 +301,6 @@ async fn a_new_connection_to_a_known_origin_uses_0rtt_for_safe_requests_only() {
 #[tokio::test]
 async fn a_marked_request_may_go_early_and_a_rejected_0rtt_loses_nothing() {
     let server = H3Origin::start(H3Options::default()).await;
-    let port = server.addr().port();
     let transport = transport().build().unwrap();
     let pool = Pool::builder(transport.clone())
         .idle_timeout(Some(Duration::from_millis(200)))
@@ -297,16 +313,7 @@ async fn a_marked_request_may_go_early_and_a_rejected_0rtt_loses_nothing() {
 
     // Restart the server on the same port: the new one cannot resume the
     // old session, so it rejects the early data of the next connection.
-    server.shut_down().await;
-    eventually("the pool sees the close", || {
-        pool.stats().total.cx_destroy.remote == 1
-    })
-    .await;
-    let server = H3Origin::start(H3Options {
-        port,
-        ..H3Options::default()
-    })
-    .await;
+    let server = restart_on_the_same_port(server, &pool).await;
 
     // A POST marked replay-safe goes early, is rejected with the early
     // data, comes back unsent and succeeds on a fresh connection.
@@ -416,7 +423,6 @@ async fn a_request_the_server_refused_unprocessed_is_retried() {
 #[tokio::test]
 async fn a_server_close_is_noticed_and_the_next_request_reconnects() {
     let server = H3Origin::start(H3Options::default()).await;
-    let port = server.addr().port();
     // Without 0-RTT, so the reconnect is one plain handshake.
     let pool = Pool::builder(transport().zero_rtt(false).build().unwrap())
         .build()
@@ -424,16 +430,7 @@ async fn a_server_close_is_noticed_and_the_next_request_reconnects() {
     fetch(&pool, get(&format!("{}/a", server.url())))
         .await
         .unwrap();
-    server.shut_down().await;
-    eventually("the pool sees the close", || {
-        pool.stats().total.cx_destroy.remote == 1
-    })
-    .await;
-    let server = H3Origin::start(H3Options {
-        port,
-        ..H3Options::default()
-    })
-    .await;
+    let server = restart_on_the_same_port(server, &pool).await;
     let answer = fetch(&pool, get(&format!("{}/b", server.url())))
         .await
         .unwrap();
